@@ -1,0 +1,132 @@
+"""The GPT-3 model configuration: one frozen dataclass, no gin inside the model.
+
+Sizes follow Table 2.1 of Brown et al. (2020); see gin_configs/models/ for the eight paper sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+VOCAB_MULTIPLE = 128
+ATTENTION_PATTERNS = ("dense", "alternating")  # alternating: dense, local, dense, local, ...
+ATTENTION_IMPLS = ("xla", "cudnn", "splash")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_mlp_outputs")
+
+
+def pad_vocab(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
+  """Rounds the tokenizer's vocab up to a multiple of `multiple` (50257 -> 50304)."""
+  return -(-vocab_size // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of a GPT-3 decoder.
+
+  Attributes:
+    vocab_size: the tokenizer's real vocabulary; the embedding is padded to `padded_vocab_size` and padded
+      entries are masked out of the softmax, so they can never be sampled or enter the loss.
+    n_ctx: context length (size of the learned position table).
+    d_model: residual width.
+    n_layers: number of Transformer blocks.
+    n_heads: attention heads.
+    d_head: width of one head. n_heads * d_head may differ from d_model (the paper's printed XL and 13B rows).
+    d_ff: MLP hidden width; None means 4 * d_model.
+    layer_norm_epsilon: LayerNorm epsilon (GPT-2: 1e-5).
+    init_std: std of the normal init of every weight matrix and embedding (GPT-2: 0.02).
+    attention_pattern: "dense" (every layer dense) or "alternating" (dense, local band, dense, ... as the paper).
+    local_window: band width of the local layers: query i sees key j iff 0 <= i - j < local_window.
+    attention_impl: "xla" (portable), "cudnn" (jax.nn.dot_product_attention on GPU), "splash" (Pallas on TPU).
+    dtype: compute dtype name ("float32" or "bfloat16"); parameters are always float32.
+    remat_policy: one of REMAT_POLICIES; "none" disables rematerialization.
+    scan_layers: scan over the layer stack (one compiled body); False unrolls (for debugging).
+  """
+
+  vocab_size: int = 50257
+  n_ctx: int = 2048
+  d_model: int = 768
+  n_layers: int = 12
+  n_heads: int = 12
+  d_head: int = 64
+  d_ff: Optional[int] = None
+  layer_norm_epsilon: float = 1e-5
+  init_std: float = 0.02
+  attention_pattern: str = "dense"
+  local_window: int = 256
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  remat_policy: str = "none"
+  scan_layers: bool = True
+
+  def __post_init__(self):
+    checks = [
+        (self.vocab_size > 0, f"vocab_size must be positive, got {self.vocab_size}"),
+        (self.n_layers > 0 and self.d_model > 0 and self.n_heads > 0 and self.d_head > 0,
+         "n_layers, d_model, n_heads and d_head must all be positive"),
+        (self.attention_pattern in ATTENTION_PATTERNS,
+         f"attention_pattern={self.attention_pattern!r}; choose one of {ATTENTION_PATTERNS}"),
+        (self.attention_impl in ATTENTION_IMPLS,
+         f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}"),
+        (self.remat_policy in REMAT_POLICIES,
+         f"remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}"),
+        (self.dtype in ("float32", "bfloat16", "float16"), f"dtype={self.dtype!r}; use float32 or bfloat16"),
+        (self.local_window > 0, f"local_window must be positive, got {self.local_window}"),
+        (self.attention_pattern != "alternating" or self.n_layers % 2 == 0,
+         f"attention_pattern='alternating' needs an even n_layers (dense/local pairs), got {self.n_layers}"),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(f"ModelConfig: {message}")
+
+  @property
+  def padded_vocab_size(self) -> int:
+    return pad_vocab(self.vocab_size)
+
+  @property
+  def attn_width(self) -> int:
+    return self.n_heads * self.d_head
+
+  @property
+  def mlp_width(self) -> int:
+    return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+  @property
+  def layer_windows(self) -> Tuple[Optional[int], ...]:
+    """Per-layer attention window: None for dense, an int for a local band."""
+    if self.attention_pattern == "dense":
+      return (None,) * self.n_layers
+    return tuple(None if i % 2 == 0 else self.local_window for i in range(self.n_layers))
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+
+def param_counts(cfg: ModelConfig, *, padded: bool = False) -> dict:
+  """Closed-form parameter counts (total and non-embedding), matching the Flax model exactly.
+
+  `padded=False` counts the real vocabulary (as the paper does); `padded=True` counts the stored table.
+  """
+  d, a, f = cfg.d_model, cfg.attn_width, cfg.mlp_width
+  per_layer = (
+      2 * 2 * d  # two LayerNorms (scale + bias)
+      + d * 3 * a + 3 * a  # fused qkv projection + bias
+      + a * d + d  # attention output projection + bias
+      + d * f + f  # MLP in
+      + f * d + d  # MLP out
+  )
+  vocab = cfg.padded_vocab_size if padded else cfg.vocab_size
+  embedding = vocab * d + cfg.n_ctx * d
+  non_embedding = cfg.n_layers * per_layer + 2 * d  # + final LayerNorm
+  return {"params": non_embedding + embedding, "non_embedding_params": non_embedding,
+          "embedding_params": embedding}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: Optional[int] = None) -> float:
+  """Training model FLOPs per token by the PaLM formula 6N + 12*L*H*Q*T (no rematerialization).
+
+  N counts non-embedding parameters plus the (tied) output projection, which is a real matmul per token.
+  The attention term uses the full causal T, as PaLM does, also for local layers (model FLOPs, not work done).
+  """
+  t = cfg.n_ctx if seq_len is None else seq_len
+  n = param_counts(cfg)["non_embedding_params"] + cfg.vocab_size * cfg.d_model
+  return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.d_head * t

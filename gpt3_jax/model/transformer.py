@@ -1,0 +1,146 @@
+"""The GPT-3 decoder: embeddings, a scanned stack of pre-LN blocks, final LayerNorm, tied LM head.
+
+Every parameter carries logical axis names (embed, heads, kv, mlp, vocab, position, layers, qkv); activations
+carry act_* names. gpt3_jax/parallel/mesh.py maps both to mesh axes with one rules table.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from gpt3_jax.model.attention import SelfAttention
+from gpt3_jax.model.config import ModelConfig
+
+_ACT = ("act_batch", "act_length", "act_embed")
+_MASK_VALUE = -1e9  # logits of padded vocabulary entries (float32): exp() underflows to exactly 0
+
+
+def remat_policy(name: str):
+  """Named rematerialization policies (None means: do not wrap in remat)."""
+  policies = {
+      "none": None,
+      "full": jax.checkpoint_policies.nothing_saveable,
+      "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+      "save_attention_mlp_outputs": jax.checkpoint_policies.save_only_these_names(
+          "attention_out", "mlp_out"),
+  }
+  return policies[name]
+
+
+def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_epsilon, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+class Mlp(nn.Module):
+  """GELU MLP d_model -> d_ff -> d_model with biases (GPT-2's tanh-approximate GELU)."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    init = nn.initializers.normal(cfg.init_std)
+    out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+    zeros = nn.initializers.zeros
+    w_in = self.param("in_kernel", nn.with_logical_partitioning(init, ("embed", "mlp")),
+                      (cfg.d_model, cfg.mlp_width))
+    b_in = self.param("in_bias", nn.with_logical_partitioning(zeros, ("mlp",)), (cfg.mlp_width,))
+    w_out = self.param("out_kernel", nn.with_logical_partitioning(out_init, ("mlp", "embed")),
+                       (cfg.mlp_width, cfg.d_model))
+    b_out = self.param("out_bias", nn.with_logical_partitioning(zeros, ("embed",)), (cfg.d_model,))
+    h = jnp.einsum("btd,df->btf", x, w_in.astype(dtype)) + b_in.astype(dtype)
+    h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
+    h = jax.nn.gelu(h, approximate=True)
+    out = jnp.einsum("btf,fd->btd", h, w_out.astype(dtype)) + b_out.astype(dtype)
+    return checkpoint_name(out, "mlp_out")
+
+
+class Block(nn.Module):
+  """Pre-LN Transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x))."""
+
+  cfg: ModelConfig
+  window: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + SelfAttention(self.cfg, self.window, name="attention")(_layer_norm(self.cfg, "ln_1")(x))
+    x = x + Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x))
+    return nn.with_logical_constraint(x, _ACT)
+
+
+class LayerUnit(nn.Module):
+  """The repeating unit of the stack: one dense block, or a (dense, local) pair for the paper's pattern.
+
+  Scanning over pairs keeps each block's window static, so a block-sparse kernel can skip masked work.
+  """
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, _=None):
+    if self.cfg.attention_pattern == "dense":
+      x = Block(self.cfg, None, name="block")(x)
+    else:
+      x = Block(self.cfg, None, name="dense")(x)
+      x = Block(self.cfg, self.cfg.local_window, name="local")(x)
+    return x, None
+
+
+def num_units(cfg: ModelConfig) -> int:
+  return cfg.n_layers if cfg.attention_pattern == "dense" else cfg.n_layers // 2
+
+
+class GPT(nn.Module):
+  """GPT-3 language model. __call__(tokens [B, T] int32) -> logits [B, T, padded_vocab] float32."""
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    init = nn.initializers.normal(cfg.init_std)
+    self.wte = self.param("wte", nn.with_logical_partitioning(init, ("vocab", "embed")),
+                          (cfg.padded_vocab_size, cfg.d_model))
+    self.wpe = self.param("wpe", nn.with_logical_partitioning(init, ("position", "embed")),
+                          (cfg.n_ctx, cfg.d_model))
+    unit = LayerUnit
+    policy = remat_policy(cfg.remat_policy)
+    if cfg.remat_policy != "none":
+      unit = nn.remat(unit, policy=policy, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      self.layers = nn.scan(
+          unit, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
+          length=num_units(cfg), metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
+    else:
+      self.layers = [unit(cfg, name=f"layers_{i}") for i in range(num_units(cfg))]
+    self.ln_f = _layer_norm(cfg, "ln_f")
+
+  def __call__(self, tokens: jax.Array, positions: Optional[jax.Array] = None) -> jax.Array:
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    if positions is None:
+      positions = jnp.arange(tokens.shape[-1])[None]
+    x = (jnp.take(self.wte, tokens, axis=0) + jnp.take(self.wpe, positions, axis=0)).astype(dtype)
+    x = nn.with_logical_constraint(x, _ACT)
+    if cfg.scan_layers:
+      x, _ = self.layers(x, None)
+    else:
+      for layer in self.layers:
+        x, _ = layer(x)
+    x = self.ln_f(x)
+    return self.logits(x)
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    """Tied output projection; padded vocabulary entries are pushed to -1e9 (probability exactly 0)."""
+    logits = jnp.einsum("btd,vd->btv", x, self.wte.astype(x.dtype), preferred_element_type=jnp.float32)
+    logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
+    real = jnp.arange(self.cfg.padded_vocab_size) < self.cfg.vocab_size
+    return jnp.where(real, logits, _MASK_VALUE)
