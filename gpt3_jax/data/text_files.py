@@ -12,7 +12,7 @@ dataset's metadata (`builder.info.metadata['skipped_invalid_utf8']`, `['skipped_
 The train/validation split is by file: the SHA-256 of a file's key (its path relative to the parent of the
 directory it was found in, or to the fixed prefix of its glob) maps to a fraction in [0, 1); the file is a
 validation file when that fraction is below `validation_fraction`. With two or more files at least one is
-in each split.
+in each split; with a single file there is no 'validation' split (TFDS cannot store an empty split).
 
 Read the splits with `builder.as_data_source('train')` / `('validation')` (random access, items are dicts
 with bytes values).
@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import sysconfig
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 from absl import logging
 import tensorflow_datasets as tfds
@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 DEFAULT_EXTENSIONS = (".txt", ".py", ".md")
 DATASET_NAME = "local_text_files"
 _FORMAT_VERSION = 1  # Bump when the generated examples change for the same inputs.
+_MAX_LOGGED_NAMES = 20
 _PRUNED_DIRS = ("site-packages", "dist-packages", "__pycache__")
 
 PathsArg = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -102,16 +103,17 @@ def _as_list(paths: PathsArg) -> list[str]:
   return [os.fspath(p) for p in paths]
 
 
-def find_files(paths: PathsArg, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> list[SourceFile]:
+def find_files(paths: PathsArg,
+               extensions: Optional[Sequence[str]] = DEFAULT_EXTENSIONS) -> list[SourceFile]:
   """Expands directories (recursively, by extension), globs and plain files into a sorted file list.
 
   A plain file is taken whatever its extension; glob matches and directory contents are filtered by
-  `extensions`.
+  `extensions` (None: DEFAULT_EXTENSIONS).
 
   Raises:
     ValueError: a path does not exist, or matches no file.
   """
-  extensions = tuple(extensions)
+  extensions = DEFAULT_EXTENSIONS if extensions is None else tuple(extensions)
   path_list = _as_list(paths)
   if not path_list:
     raise ValueError("No input paths given: pass files, directories or globs.")
@@ -242,11 +244,11 @@ class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
     for f in self._files:
       _, status = _read_text(f.path)
       {"ok": usable, "invalid_utf8": invalid, "empty": empty}[status].append(f)
-    if invalid:
-      logging.warning("Skipped %d files that are not valid UTF-8: %s", len(invalid),
-                      ", ".join(f.path for f in invalid))
-    if empty:
-      logging.warning("Skipped %d empty files: %s", len(empty), ", ".join(f.path for f in empty))
+    for kind, skipped in (("not valid UTF-8", invalid), ("empty", empty)):
+      if skipped:
+        names = ", ".join(f.path for f in skipped[:_MAX_LOGGED_NAMES])
+        more = f" and {len(skipped) - _MAX_LOGGED_NAMES} more" if len(skipped) > _MAX_LOGGED_NAMES else ""
+        logging.warning("Skipped %d files that are %s: %s%s", len(skipped), kind, names, more)
     if not usable:
       raise ValueError(f"All {len(self._files)} input files are empty or not UTF-8; pass text files.")
     train, valid = split_files(usable, self._validation_fraction)
@@ -257,7 +259,8 @@ class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
         "num_validation_files": len(valid),
     })
     logging.info("Preparing %d train and %d validation files.", len(train), len(valid))
-    return {"train": self._generate_examples(train), "validation": self._generate_examples(valid)}
+    splits = {"train": train, "validation": valid}
+    return {name: self._generate_examples(f) for name, f in splits.items() if f}  # TFDS: no empty split.
 
   def _generate_examples(self, files: Sequence[SourceFile]):
     for f in files:
@@ -269,16 +272,17 @@ class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare_text_files(paths: PathsArg, data_dir: str, *,
-                       extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+                       extensions: Optional[Sequence[str]] = DEFAULT_EXTENSIONS,
                        validation_fraction: float = 0.02) -> LocalTextFiles:
   """Finds the files, prepares (or reuses) the TFDS dataset in `data_dir` and returns its builder.
 
   Raises:
     ValueError: a path does not exist or matches no files, or no file is usable text.
   """
+  extensions = DEFAULT_EXTENSIONS if extensions is None else tuple(extensions)
   files = find_files(paths, extensions)
   builder = LocalTextFiles(files=files, validation_fraction=validation_fraction,
-                           extensions=tuple(extensions), data_dir=data_dir)
+                           extensions=extensions, data_dir=data_dir)
   if os.path.exists(os.path.join(os.fspath(builder.data_dir), "dataset_info.json")):
     logging.info("Reusing prepared text files at %s", builder.data_dir)
   else:

@@ -7,6 +7,14 @@ Implementations (ModelConfig.attention_impl):
   cudnn:  jax.nn.dot_product_attention(implementation='cudnn') with its causal local window (GPU only):
           flash attention that skips fully masked blocks.
   splash: Pallas splash attention with a causal local mask (TPU only): skips fully masked blocks.
+
+Incremental decoding (SelfAttention(decode=True)) keeps a KV cache in the 'cache' collection and always uses
+the xla implementation (the cache needs arbitrary per-row masks):
+  cached_key, cached_value: [B, S, H, D]; cached_pos: [B, S] int32, the position of the token in each slot, or
+    EMPTY_POSITION for an empty slot or a padding token (a huge position: causality hides it from every query);
+  cache_index: int32 scalar, the number of token slots written so far (shared by all rows).
+Dense layers keep S = max_len slots; local layers keep a ring buffer of S = min(window, max_len) slots, written
+at slot (index mod S): the slot a new token overwrites holds a token that is already outside the band.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from gpt3_jax.model.config import ModelConfig
 
 # Large negative instead of -inf so a fully masked row (never produced by a causal mask) stays finite.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+# Position of an empty cache slot or a padding key: later than any query, so the causal mask hides it.
+EMPTY_POSITION = 2 ** 30
 
 
 def band_mask(q_positions: jax.Array, k_positions: jax.Array, window: Optional[int]) -> jax.Array:
@@ -97,14 +107,25 @@ def attend(q, k, v, *, window: Optional[int], impl: str):
   raise ValueError(f"unknown attention_impl {impl!r}")
 
 
+def cache_slots(window: Optional[int], max_len: int) -> int:
+  """KV-cache length of one layer: every position for a dense layer, a ring of the band for a local one."""
+  return max_len if window is None else min(window, max_len)
+
+
 class SelfAttention(nn.Module):
-  """Multi-head causal self-attention with biases; heads * d_head may differ from d_model."""
+  """Multi-head causal self-attention with biases; heads * d_head may differ from d_model.
+
+  With decode=True, __call__(x, positions) reads and appends to the KV cache (see the module docstring):
+  positions [B, T] are each new token's position, negative for a padding token. The first call (inside
+  `init`) only creates an empty cache sized for x: batch B and max_len = T.
+  """
 
   cfg: ModelConfig
   window: Optional[int] = None  # None: dense; int: local band width
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: Optional[jax.Array] = None) -> jax.Array:
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     init = nn.initializers.normal(cfg.init_std)
@@ -119,7 +140,39 @@ class SelfAttention(nn.Module):
                        (cfg.d_model,))
     qkv = jnp.einsum("btd,dshk->sbthk", x, w_qkv.astype(dtype)) + b_qkv.astype(dtype)[:, None, None]
     q, k, v = (nn.with_logical_constraint(t, ("act_batch", "act_length", "act_heads", "act_kv")) for t in qkv)
-    y = attend(q, k, v, window=self.window, impl=cfg.attention_impl)
+    if self.decode:
+      y = self._cached_attention(q, k, v, positions)
+    else:
+      y = attend(q, k, v, window=self.window, impl=cfg.attention_impl)
     y = checkpoint_name(y, "attention_context")
     out = jnp.einsum("bthk,hkd->btd", y, w_out.astype(dtype)) + b_out.astype(dtype)
     return checkpoint_name(out, "attention_out")
+
+  def _cached_attention(self, q, k, v, positions):
+    """Attends the new tokens to [cache ; new tokens], then writes the new keys/values into the cache."""
+    b, t, h, d = k.shape
+    creating = not self.has_variable("cache", "cached_key")
+    slots = cache_slots(self.window, t)  # only used when the cache is created: t is then max_len
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, (b, slots, h, d), k.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, (b, slots, h, d), v.dtype)
+    cached_pos = self.variable("cache", "cached_pos", jnp.full, (b, slots), EMPTY_POSITION, jnp.int32)
+    cache_index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    if positions is None:
+      raise ValueError("SelfAttention(decode=True) needs per-row positions [B, T]")
+    positions = jnp.broadcast_to(positions, (b, t)).astype(jnp.int32)
+    if creating:  # init: shapes only, nothing is written
+      return xla_attention(q, k, v, window=self.window)
+    k_pos = jnp.where(positions >= 0, positions, EMPTY_POSITION)
+    keys = jnp.concatenate([cached_key.value, k], axis=1)
+    values = jnp.concatenate([cached_value.value, v], axis=1)
+    all_pos = jnp.concatenate([cached_pos.value, k_pos], axis=1)
+    y = xla_attention(q, keys, values, window=self.window, q_positions=positions, k_positions=all_pos)
+    # Write the last min(t, S) new tokens at ring slots (index + j) mod S; a dense cache never wraps.
+    size = cached_key.value.shape[1]
+    keep = min(t, size)
+    slot = (cache_index.value + jnp.arange(t - keep, t)) % size
+    cached_key.value = cached_key.value.at[:, slot].set(k[:, t - keep:])
+    cached_value.value = cached_value.value.at[:, slot].set(v[:, t - keep:])
+    cached_pos.value = cached_pos.value.at[:, slot].set(k_pos[:, t - keep:])
+    cache_index.value = cache_index.value + t
+    return y

@@ -2,6 +2,11 @@
 
 Every parameter carries logical axis names (embed, heads, kv, mlp, vocab, position, layers, qkv); activations
 carry act_* names. gpt3_jax/parallel/mesh.py maps both to mesh axes with one rules table.
+
+Decoding: GPT(cfg, decode=True) has the same parameters plus a 'cache' collection (per attention layer, stacked
+along the scanned layer axis like the params; see gpt3_jax/model/attention.py). Create the empty cache with
+`init_cache`, then call `apply({'params': p, 'cache': c}, tokens, positions, mutable=['cache'])` with per-row
+positions [B, T] (negative for padding tokens) on a prompt chunk, then on one token per step.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from gpt3_jax.model.attention import SelfAttention
+from gpt3_jax.model.attention import EMPTY_POSITION, SelfAttention
 from gpt3_jax.model.config import ModelConfig
 
 _ACT = ("act_batch", "act_length", "act_embed")
@@ -69,10 +74,12 @@ class Block(nn.Module):
 
   cfg: ModelConfig
   window: Optional[int] = None
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + SelfAttention(self.cfg, self.window, name="attention")(_layer_norm(self.cfg, "ln_1")(x))
+  def __call__(self, x: jax.Array, positions: Optional[jax.Array] = None) -> jax.Array:
+    attention = SelfAttention(self.cfg, self.window, decode=self.decode, name="attention")
+    x = x + attention(_layer_norm(self.cfg, "ln_1")(x), positions)
     x = x + Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x))
     return nn.with_logical_constraint(x, _ACT)
 
@@ -84,14 +91,16 @@ class LayerUnit(nn.Module):
   """
 
   cfg: ModelConfig
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, _=None):
+  def __call__(self, x: jax.Array, positions: Optional[jax.Array] = None):
+    """positions: per-row [B, T] token positions, only read by the attention cache when decoding."""
     if self.cfg.attention_pattern == "dense":
-      x = Block(self.cfg, None, name="block")(x)
+      x = Block(self.cfg, None, self.decode, name="block")(x, positions)
     else:
-      x = Block(self.cfg, None, name="dense")(x)
-      x = Block(self.cfg, self.cfg.local_window, name="local")(x)
+      x = Block(self.cfg, None, self.decode, name="dense")(x, positions)
+      x = Block(self.cfg, self.cfg.local_window, self.decode, name="local")(x, positions)
     return x, None
 
 
@@ -100,9 +109,13 @@ def num_units(cfg: ModelConfig) -> int:
 
 
 class GPT(nn.Module):
-  """GPT-3 language model. __call__(tokens [B, T] int32) -> logits [B, T, padded_vocab] float32."""
+  """GPT-3 language model. __call__(tokens [B, T] int32) -> logits [B, T, padded_vocab] float32.
+
+  decode=True turns on the KV cache (module docstring); the parameters are the same.
+  """
 
   cfg: ModelConfig
+  decode: bool = False
 
   def setup(self):
     cfg = self.cfg
@@ -117,24 +130,39 @@ class GPT(nn.Module):
       unit = nn.remat(unit, policy=policy, prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       self.layers = nn.scan(
-          unit, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
-          length=num_units(cfg), metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
+          unit, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
+          length=num_units(cfg), metadata_params={nn.PARTITION_NAME: "layers"})(
+              cfg, self.decode, name="layers")
     else:
-      self.layers = [unit(cfg, name=f"layers_{i}") for i in range(num_units(cfg))]
+      self.layers = [unit(cfg, self.decode, name=f"layers_{i}") for i in range(num_units(cfg))]
     self.ln_f = _layer_norm(cfg, "ln_f")
 
-  def __call__(self, tokens: jax.Array, positions: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, tokens: jax.Array, positions: Optional[jax.Array] = None, *,
+               last_only: bool = False) -> jax.Array:
+    """Logits [B, T, padded_vocab]; last_only=True returns only the last column [B, 1, padded_vocab].
+
+    positions default to 0..T-1. When decoding they are required, per row [B, T], and a negative position
+    marks a padding token (it sees nothing and nothing sees it; its embedding uses position 0).
+    """
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     if positions is None:
+      if self.decode:
+        raise ValueError("GPT(decode=True) needs per-row positions [B, T]")
       positions = jnp.arange(tokens.shape[-1])[None]
+    attn_positions = None
+    if self.decode:
+      attn_positions = jnp.broadcast_to(positions, tokens.shape)
+      positions = jnp.maximum(attn_positions, 0)
     x = (jnp.take(self.wte, tokens, axis=0) + jnp.take(self.wpe, positions, axis=0)).astype(dtype)
     x = nn.with_logical_constraint(x, _ACT)
     if cfg.scan_layers:
-      x, _ = self.layers(x, None)
+      x, _ = self.layers(x, attn_positions)
     else:
       for layer in self.layers:
-        x, _ = layer(x)
+        x, _ = layer(x, attn_positions)
+    if last_only:
+      x = x[:, -1:]
     x = self.ln_f(x)
     return self.logits(x)
 
@@ -144,3 +172,21 @@ class GPT(nn.Module):
     logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
     real = jnp.arange(self.cfg.padded_vocab_size) < self.cfg.vocab_size
     return jnp.where(real, logits, _MASK_VALUE)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
+  """An empty KV cache (the 'cache' collection of GPT(cfg, decode=True)) for `batch` rows of `max_len` slots.
+
+  Only shapes are traced (jax.eval_shape), so no parameters are computed. Empty slots hold EMPTY_POSITION.
+  """
+  model = GPT(cfg, decode=True)
+  tokens = jnp.zeros((batch, max_len), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), tokens, jnp.broadcast_to(jnp.arange(max_len), tokens.shape)))
+  shapes = nn.meta.unbox(shapes["cache"])
+
+  def empty(path, leaf):
+    fill = EMPTY_POSITION if path[-1].key == "cached_pos" else 0
+    return jnp.full(leaf.shape, fill, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(empty, shapes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Sequence, Tuple
@@ -102,3 +103,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Token batches [B, T]: rows over data x fsdp."""
   return NamedSharding(mesh, P(("data", "fsdp"), None))
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+  """Mesh + logical rules in context, so the model's logical sharding constraints bind to mesh axes."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield

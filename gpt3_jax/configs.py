@@ -1,0 +1,74 @@
+"""gin at the composition boundary: the five config dataclasses are gin-configurable here, nowhere else.
+
+gin files bind their fields (`ModelConfig.d_model = 768`); `parse_and_build` applies files then bindings (later
+ones win) and constructs the bundle. gin files may `include` others by path relative to the repository root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import gin
+
+from gpt3_jax.data.corpus import DataConfig
+from gpt3_jax.model.config import ModelConfig
+from gpt3_jax.parallel.mesh import MeshConfig
+from gpt3_jax.training.optimizer import OptimizerConfig
+from gpt3_jax.training.trainer import TrainConfig
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_CLASSES = {cls.__name__: cls for cls in (ModelConfig, DataConfig, OptimizerConfig, MeshConfig, TrainConfig)}
+_CONFIGURABLES = {name: gin.external_configurable(cls, name) for name, cls in CONFIG_CLASSES.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigBundle:
+  model: ModelConfig
+  data: DataConfig
+  optimizer: OptimizerConfig
+  mesh: MeshConfig
+  train: TrainConfig
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def parse_and_build(gin_files: Sequence[str], bindings: Sequence[str]) -> ConfigBundle:
+  """Parses gin files and bindings and builds the configs; any problem is a one-line ValueError."""
+  gin.clear_config()
+  for root in (os.getcwd(), REPO_ROOT):
+    gin.add_config_file_search_path(root)
+  for path in gin_files:
+    if not os.path.isfile(path) and not os.path.isfile(os.path.join(REPO_ROOT, path)):
+      raise ValueError(f"gin file {path!r} does not exist; pass a path such as gin_configs/models/tiny.gin")
+  try:
+    files = [p if os.path.isfile(p) else os.path.join(REPO_ROOT, p) for p in gin_files]
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  except (ValueError, OSError, SyntaxError, KeyError) as e:
+    raise ValueError(f"bad gin configuration: {_first_line(e)}; check the names in your --gin_file / "
+                     f"--gin.NAME=VALUE flags") from None
+  try:
+    built = {name: make() for name, make in _CONFIGURABLES.items()}
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"bad configuration: {_first_line(e)}") from None
+  return ConfigBundle(model=built["ModelConfig"], data=built["DataConfig"], optimizer=built["OptimizerConfig"],
+                      mesh=built["MeshConfig"], train=built["TrainConfig"])
+
+
+def write_operative_config(workdir: str) -> str:
+  """Writes the operative gin config (every value the run used) to workdir/operative_config.gin."""
+  import jax
+  path = os.path.join(workdir, "operative_config.gin")
+  if jax.process_index() == 0:
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(gin.operative_config_str())
+      os.replace(path + ".tmp", path)
+    except OSError as e:
+      raise ValueError(f"workdir {workdir!r} cannot be written ({e.strerror}); pass a writable --workdir") from None
+  return path

@@ -1,0 +1,62 @@
+"""Peak dense bf16 FLOP/s per chip (for MFU) and a measured CPU ceiling."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peaks (../shared/REFERENCE.md). Keys are lower-case names, matched against device_kind.
+PEAK_FLOPS = {
+    "h200": 989e12,
+    "h100": 989e12,
+    "a100": 312e12,
+    "tpu v4": 275e12,
+    "tpu v5 lite": 197e12,  # v5e reports "TPU v5 lite"
+    "tpu v5e": 197e12,
+    "tpu v5p": 459e12,
+    "tpu v5": 459e12,
+    "tpu v6 lite": 918e12,  # v6e (Trillium)
+    "tpu v6e": 918e12,
+}
+CHIP_NAMES = {"v4": "tpu v4", "v5e": "tpu v5e", "v5p": "tpu v5p", "v6e": "tpu v6e",
+              "a100": "a100", "h100": "h100", "h200": "h200"}
+
+
+def chip_peak_flops(chip: str) -> float:
+  """Peak of a chip named as in CHIP_NAMES (v4, v5e, v5p, v6e, a100, h100, h200)."""
+  key = CHIP_NAMES.get(chip.lower())
+  if key is None:
+    raise ValueError(f"unknown chip {chip!r}; choose one of {sorted(CHIP_NAMES)}")
+  return PEAK_FLOPS[key]
+
+
+def device_peak_flops(device: Optional[jax.Device] = None) -> Optional[float]:
+  """Peak of a known accelerator, None for CPUs and unknown kinds."""
+  device = device or jax.devices()[0]
+  kind = device.device_kind.lower()
+  for name in sorted(PEAK_FLOPS, key=len, reverse=True):  # most specific first
+    if name in kind:
+      return PEAK_FLOPS[name]
+  return None
+
+
+def measure_matmul_flops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
+  """FLOP/s of one large square matmul on the default device: the practical ceiling of a CPU."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * n ** 3 / best
+
+
+def default_peak_flops() -> float:
+  """Per-device peak used for MFU: the chip's datasheet peak, or on CPU a measured float32 matmul."""
+  peak = device_peak_flops()
+  return peak if peak is not None else measure_matmul_flops()

@@ -1,0 +1,57 @@
+"""The paper's optimizer (Appendix B): Adam(0.9, 0.95, 1e-8), decoupled weight decay 0.1 on matrices only,
+global-norm clipping at 1.0, and a token-based LR schedule: linear warmup, cosine decay to 10% of peak, then flat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """Optimizer hyper-parameters. Schedule lengths are in tokens, as in the paper.
+
+  Paper values: warmup 375M tokens, cosine decay over 260B tokens to 10% of the peak, 300B tokens in total.
+  """
+
+  peak_learning_rate: float = 6e-4
+  warmup_tokens: float = 375e6
+  decay_tokens: float = 260e9
+  final_lr_fraction: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  grad_clip_norm: float = 1.0
+
+
+def learning_rate_at_tokens(cfg: OptimizerConfig, tokens):
+  """LR after `tokens` training tokens (works on Python floats and jax arrays)."""
+  tokens = jnp.asarray(tokens, jnp.float32)
+  peak, floor = cfg.peak_learning_rate, cfg.peak_learning_rate * cfg.final_lr_fraction
+  warm = peak * tokens / max(cfg.warmup_tokens, 1.0)
+  progress = jnp.clip((tokens - cfg.warmup_tokens) / max(cfg.decay_tokens - cfg.warmup_tokens, 1.0), 0.0, 1.0)
+  cosine = floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+  return jnp.where(tokens < cfg.warmup_tokens, warm, cosine)
+
+
+def decay_mask(params):
+  """True for parameters that get weight decay: the dense weight matrices ('*kernel'), not biases, LayerNorm
+  parameters or the (token / position) embeddings."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: str(getattr(path[-1], "key", "")).endswith("kernel"), params)
+
+
+def make_optimizer(cfg: OptimizerConfig, tokens_per_step: int) -> optax.GradientTransformation:
+  """Clip -> AdamW with the schedule evaluated at tokens seen = update count * tokens_per_step."""
+  schedule = lambda count: learning_rate_at_tokens(cfg, count * tokens_per_step)
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip_norm),
+      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                  mask=decay_mask),
+  )

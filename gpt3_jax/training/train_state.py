@@ -1,0 +1,68 @@
+"""The train state (step, params, optimizer state) and its sharded creation from the logical-axis rules."""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from gpt3_jax.model.config import ModelConfig
+from gpt3_jax.model.transformer import GPT
+from gpt3_jax.parallel import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def init_params_fn(cfg: ModelConfig):
+  """rng -> boxed params (LogicallyPartitioned leaves)."""
+  model = GPT(cfg)
+  dummy = jnp.zeros((1, min(cfg.n_ctx, 8)), jnp.int32)
+  return lambda rng: model.init(rng, dummy)["params"]
+
+
+def param_logical_specs(cfg: ModelConfig):
+  """Tree of logical PartitionSpecs for the params, computed without allocating anything."""
+  boxed = jax.eval_shape(init_params_fn(cfg), jax.random.key(0))
+  return nn.get_partition_spec(boxed)
+
+
+def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+  """NamedShardings of every leaf of the TrainState: params by the rules table, optimizer moments like their
+  params, scalars (step, counts) replicated."""
+  param_sh = mesh_lib.logical_to_sharding(param_logical_specs(cfg), mesh)
+  abstract_params = jax.eval_shape(lambda r: nn.unbox(init_params_fn(cfg)(r)), jax.random.key(0))
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  rep = mesh_lib.replicated(mesh)
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                 transform_non_params=lambda _: rep)
+  return TrainState(step=rep, params=param_sh, opt_state=opt_sh)
+
+
+def abstract_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+  """ShapeDtypeStructs with shardings: the restore target for checkpoints, and the planner's input."""
+  shapes = jax.eval_shape(lambda r: _fresh_state(cfg, tx, r), jax.random.key(0))
+  shardings = state_shardings(cfg, tx, mesh)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def _fresh_state(cfg: ModelConfig, tx, rng) -> TrainState:
+  params = nn.unbox(init_params_fn(cfg)(rng))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def create_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                 seed: int) -> Tuple[TrainState, TrainState]:
+  """Initializes the state directly into its shardings (no host copy of the full model)."""
+  shardings = state_shardings(cfg, tx, mesh)
+  init = jax.jit(lambda r: _fresh_state(cfg, tx, r), out_shardings=shardings)
+  return init(jax.random.key(seed)), shardings

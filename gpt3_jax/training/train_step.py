@@ -1,0 +1,74 @@
+"""Pure, jit-able step functions: the loss, one optimizer step (with gradient accumulation), evaluation."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from gpt3_jax.model.config import ModelConfig
+from gpt3_jax.model.transformer import GPT
+from gpt3_jax.parallel import mesh as mesh_lib
+from gpt3_jax.training.train_state import TrainState
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """Sum of token negative log-likelihoods and the token count (float32)."""
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  true_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return jnp.sum(logz - true_logit), jnp.asarray(targets.size, jnp.float32)
+
+
+def loss_fn(params, cfg: ModelConfig, batch: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """batch: int32 [B, T + 1] packed windows; inputs are batch[:, :-1], targets batch[:, 1:]."""
+  logits = GPT(cfg).apply({"params": params}, batch[:, :-1])
+  return cross_entropy(logits, batch[:, 1:])
+
+
+def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
+                    num_microbatches: int = 1) -> Callable[[TrainState, jax.Array], Tuple[TrainState, Dict]]:
+  """Returns step(state, batch) -> (state, metrics). With num_microbatches > 1 the batch is split along rows
+  and gradients are accumulated in a scan: numerically the large-batch gradient, at 1/m of the activations."""
+
+  def grads_of(params, batch):
+    (nll, count), grads = jax.value_and_grad(
+        lambda p: (lambda s, c: (s / c, c))(*loss_fn(p, cfg, batch)), has_aux=True)(params)
+    return nll, grads
+
+  def step(state: TrainState, batch: jax.Array):
+    if num_microbatches == 1:
+      loss, grads = grads_of(state.params, batch)
+    else:
+      # Microbatch i takes rows i, i + m, i + 2m, ...: every device keeps feeding its own rows.
+      micro = batch.reshape(batch.shape[0] // num_microbatches, num_microbatches, -1).swapaxes(0, 1)
+
+      def body(acc, mb):
+        loss, grads = grads_of(state.params, mb)
+        return jax.tree.map(jnp.add, acc, (loss, grads)), None
+
+      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(body, zeros, micro)
+      loss, grads = jax.tree.map(lambda x: x / num_microbatches, (loss, grads))
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, {"loss": loss, "grad_norm": grad_norm}
+
+  return step
+
+
+def jit_train_step(step_fn, shardings: TrainState, mesh: Mesh):
+  """jit with named shardings: state in/out by the rules table (donated), batch rows over data x fsdp."""
+  return jax.jit(step_fn, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+
+
+def make_eval_step(cfg: ModelConfig, shardings: TrainState, mesh: Mesh):
+  """eval(params, batch) -> (sum of token NLL, token count)."""
+  return jax.jit(lambda params, batch: loss_fn(params, cfg, batch),
+                 in_shardings=(shardings.params, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=mesh_lib.replicated(mesh))
