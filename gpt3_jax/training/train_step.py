@@ -52,7 +52,7 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
       zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
       (loss, grads), _ = jax.lax.scan(body, zeros, micro)
       loss, grads = jax.tree.map(lambda x: x / num_microbatches, (loss, grads))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)

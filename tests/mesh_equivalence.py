@@ -1,0 +1,45 @@
+"""Run inside a process with 8 forced CPU devices: trains 3 steps of a tiny model on several meshes (and with
+gradient accumulation) and prints JSON with the losses and every parameter's per-device shard shape."""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from gpt3_jax.model.config import ModelConfig
+from gpt3_jax.parallel import mesh as mesh_lib
+from gpt3_jax.training import optimizer as opt_lib
+from gpt3_jax.training import train_state, train_step
+
+CFG = ModelConfig(vocab_size=500, n_ctx=32, d_model=64, n_layers=2, n_heads=4, d_head=16,
+                  attention_pattern="alternating", local_window=8)
+BATCH = 8
+MESHES = {"single": (1, 1, 1), "dp": (8, 1, 1), "fsdp": (1, 8, 1), "tp": (1, 1, 4), "dp_fsdp": (2, 4, 1),
+          "dp_tp": (2, 1, 4), "fsdp_tp": (1, 2, 4)}
+
+
+def run(shape, microbatches=1, steps=3):
+  n = int(np.prod(shape))
+  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=shape), devices=jax.devices()[:n])
+  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig(peak_learning_rate=1e-2, warmup_tokens=0,
+                                                      decay_tokens=10_000), BATCH * CFG.n_ctx)
+  rng = np.random.default_rng(0)
+  batches = [rng.integers(0, CFG.vocab_size, (BATCH, CFG.n_ctx + 1)).astype(np.int32) for _ in range(steps)]
+  with mesh_lib.activate(mesh):
+    state, shardings = train_state.create_state(CFG, tx, mesh, seed=0)
+    step = train_step.jit_train_step(train_step.make_train_step(CFG, tx, microbatches), shardings, mesh)
+    losses = []
+    for batch in batches:
+      state, metrics = step(state, batch)
+      losses.append(float(metrics["loss"]))
+  shards = {jax.tree_util.keystr(path): list(leaf.addressable_shards[0].data.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+  return {"losses": losses, "shards": shards}
+
+
+if __name__ == "__main__":
+  out = {name: run(shape) for name, shape in MESHES.items()}
+  out["single_accum4"] = run((1, 1, 1), microbatches=4)
+  out["dp_accum4"] = run((2, 1, 1), microbatches=4)
+  json.dump(out, sys.stdout)

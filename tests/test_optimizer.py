@@ -1,0 +1,72 @@
+"""The paper's optimizer recipe: schedule values at chosen token counts, decay mask, clipping."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gpt3_jax.training import optimizer as opt
+
+CFG = opt.OptimizerConfig(peak_learning_rate=6e-4, warmup_tokens=375e6, decay_tokens=260e9)
+
+
+@pytest.mark.parametrize("tokens, expected", [
+    (0.0, 0.0),
+    (187.5e6, 3e-4),  # half-way through warmup
+    (375e6, 6e-4),  # peak
+    # cosine half-way between the end of warmup and 260B tokens: floor + (peak - floor) / 2
+    (375e6 + (260e9 - 375e6) / 2, 6e-5 + (6e-4 - 6e-5) / 2),
+    (260e9, 6e-5),  # 10% of peak
+    (300e9, 6e-5),  # flat until the end
+])
+def test_schedule_values(tokens, expected):
+  assert float(opt.learning_rate_at_tokens(CFG, tokens)) == pytest.approx(expected, rel=1e-5, abs=1e-12)
+
+
+def test_schedule_is_in_tokens_not_steps():
+  """The optimizer evaluates the schedule at update count * tokens_per_step: 4x the batch reaches a given LR in
+  a quarter of the steps."""
+  cfg = opt.OptimizerConfig(peak_learning_rate=1.0, warmup_tokens=1000, decay_tokens=10_000, grad_clip_norm=1e9,
+                            weight_decay=0.0, b1=0.0, b2=0.0, eps=0.0)
+  params = {"w_bias": jnp.ones(())}
+  grads = {"w_bias": jnp.ones(())}
+
+  def lr_after(tokens_per_step, steps):
+    tx = opt.make_optimizer(cfg, tokens_per_step)
+    state = tx.init(params)
+    for _ in range(steps):
+      updates, state = tx.update(grads, state, params)
+    return -float(updates["w_bias"])  # with b1 = b2 = eps = 0 the update is -lr * sign(g)
+
+  assert lr_after(100, 6) == pytest.approx(float(opt.learning_rate_at_tokens(cfg, 500)))
+  assert lr_after(400, 3) == pytest.approx(float(opt.learning_rate_at_tokens(cfg, 800)))
+
+
+def test_decay_mask_only_kernels():
+  params = {"wte": 1, "wpe": 1, "ln_f": {"scale": 1, "bias": 1},
+            "layers": {"block": {"attention": {"qkv_kernel": 1, "qkv_bias": 1}, "mlp": {"in_kernel": 1}}}}
+  mask = opt.decay_mask(params)
+  assert mask["layers"]["block"]["attention"]["qkv_kernel"] and mask["layers"]["block"]["mlp"]["in_kernel"]
+  assert not any([mask["wte"], mask["wpe"], mask["ln_f"]["scale"], mask["ln_f"]["bias"],
+                  mask["layers"]["block"]["attention"]["qkv_bias"]])
+
+
+def test_one_step_matches_hand_computed_adamw_with_clipping():
+  """First AdamW step: update = -lr * (g_clipped / (|g_clipped| + eps) + wd * p) for kernels, no wd for biases."""
+  cfg = opt.OptimizerConfig(peak_learning_rate=1e-2, warmup_tokens=0, decay_tokens=1e9, grad_clip_norm=1.0)
+  tx = opt.make_optimizer(cfg, tokens_per_step=10)
+  params = {"a_kernel": jnp.array([1.0, -2.0]), "b_bias": jnp.array([0.5])}
+  grads = {"a_kernel": jnp.array([3.0, 0.0]), "b_bias": jnp.array([4.0])}  # global norm 5 -> scaled by 1/5
+  updates, _ = tx.update(grads, tx.init(params), params)
+  lr = float(opt.learning_rate_at_tokens(cfg, 0))
+  assert lr == pytest.approx(1e-2)
+  g = {k: np.asarray(v) / 5.0 for k, v in grads.items()}
+  # Adam's first step with bias correction: m_hat = g, v_hat = g^2 -> g / (|g| + eps).
+  expect_a = -lr * (g["a_kernel"] / (np.abs(g["a_kernel"]) + 1e-8) + 0.1 * np.array([1.0, -2.0]))
+  expect_b = -lr * (g["b_bias"] / (np.abs(g["b_bias"]) + 1e-8))
+  np.testing.assert_allclose(updates["a_kernel"], expect_a, rtol=1e-6)
+  np.testing.assert_allclose(updates["b_bias"], expect_b, rtol=1e-6)
+  assert math.isclose(float(optax.tree.norm(jax.tree.map(lambda x: x / 5.0, grads))), 1.0, rel_tol=1e-6)

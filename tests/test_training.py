@@ -1,0 +1,145 @@
+"""End-to-end training: resume equality, the files a run writes, and fail-fast bad input."""
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tiny_configs as tc
+from gpt3_jax import configs
+from gpt3_jax.training import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_text_dir, tiny_data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  summary = trainer.train(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), tc.OPTIMIZER, tc.MESH,
+                          tc.train(train_steps=6), workdir)
+  return workdir, summary
+
+
+def test_resume_equals_uninterrupted(uninterrupted, tiny_text_dir, tiny_data_dir, tmp_path):
+  """3 steps, stop, restart to 6 steps == 6 steps straight: identical losses (bit-for-bit on CPU)."""
+  full_dir, _ = uninterrupted
+  data = tc.data(tiny_text_dir, tiny_data_dir)
+  trainer.train(tc.MODEL, data, tc.OPTIMIZER, tc.MESH, tc.train(train_steps=3, checkpoint_every=3), str(tmp_path))
+  trainer.train(tc.MODEL, data, tc.OPTIMIZER, tc.MESH, tc.train(train_steps=6, checkpoint_every=3), str(tmp_path))
+  full, resumed = _losses(full_dir), _losses(str(tmp_path))
+  assert sorted(full) == sorted(resumed) == [1, 2, 3, 4, 5, 6]
+  assert [resumed[s] for s in range(1, 7)] == [full[s] for s in range(1, 7)]
+
+
+def test_training_learns_and_writes_outputs(uninterrupted):
+  workdir, summary = uninterrupted
+  losses = _losses(workdir)
+  assert losses[6] < losses[1] - 0.1, losses  # it learns something in 6 steps
+  assert summary["eval_loss"] < math.log(512)  # better than uniform over the vocabulary
+  assert {"4", "6"} <= set(os.listdir(os.path.join(workdir, "checkpoints")))
+  assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  train_row = next(r for r in rows if r["split"] == "train")
+  assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu"} <= set(train_row)
+  assert any(r["split"] == "eval" and "perplexity" in r for r in rows)
+
+
+def test_tensorboard_events_are_readable(uninterrupted):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  workdir, _ = uninterrupted
+  acc = EventAccumulator(os.path.join(workdir, "tensorboard"))
+  acc.Reload()
+  assert "train/loss" in acc.Tags()["scalars"]
+  assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_changed_model_is_refused(uninterrupted, tiny_text_dir, tiny_data_dir):
+  workdir, _ = uninterrupted
+  with pytest.raises(ValueError, match="ModelConfig.d_model"):
+    trainer.train(tc.MODEL.replace(d_model=48), tc.data(tiny_text_dir, tiny_data_dir), tc.OPTIMIZER, tc.MESH,
+                  tc.train(train_steps=8), workdir)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(global_batch_size=0), "not divisible by the data-parallel size"),
+    (dict(num_microbatches=3), "num_microbatches 3"),
+    (dict(seq_len=64), "exceeds the model's position table"),
+    (dict(train_steps=0), "train_steps must be positive"),
+])
+def test_validate_rejects_bad_training_settings(change, message, tiny_text_dir, tiny_data_dir, tmp_path):
+  with pytest.raises(ValueError, match=message):
+    trainer.validate(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), tc.MESH, tc.train(**change), str(tmp_path))
+
+
+def test_gin_errors_are_one_line():
+  with pytest.raises(ValueError, match="bad gin configuration.*nonexistent"):
+    configs.parse_and_build([], ["TrainConfig.nonexistent = 1"])
+  with pytest.raises(ValueError, match="does not exist"):
+    configs.parse_and_build(["gin_configs/models/nope.gin"], [])
+
+
+def _main(args, env_extra=None, timeout=240):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.run([sys.executable, "-m", "gpt3_jax.main", *args], capture_output=True, text=True,
+                        timeout=timeout, cwd=REPO, env=env)
+
+
+def _one_line_error(result, fragment):
+  assert result.returncode != 0
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert fragment in errors[0], errors[0]
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_main_end_to_end_and_bad_input(tiny_text_dir, tiny_data_dir, tmp_path):
+  """A tiny `main` run writes checkpoints, events and the operative config; bad input fails in one line."""
+  base = ["--gin_file=gin_configs/models/tiny.gin",
+          f"--gin.DataConfig.paths=('{tiny_text_dir}',)", f"--gin.DataConfig.data_dir='{tiny_data_dir}'",
+          "--gin.DataConfig.vocab_size=512", "--gin.DataConfig.validation_fraction=0.1",
+          "--gin.ModelConfig.n_ctx=32", "--gin.ModelConfig.d_model=32", "--gin.ModelConfig.n_layers=2",
+          "--gin.ModelConfig.n_heads=2", "--gin.ModelConfig.d_head=16", "--gin.ModelConfig.local_window=8",
+          "--gin.TrainConfig.global_batch_size=4", "--gin.TrainConfig.train_steps=3",
+          "--gin.TrainConfig.checkpoint_every=2", "--gin.TrainConfig.eval_batches=1",
+          "--gin.TrainConfig.sample_tokens=8", "--gin.TrainConfig.peak_flops_per_device=1e11"]
+  workdir = tmp_path / "run"
+  result = _main(base + [f"--workdir={workdir}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "validation loss" in result.stdout and "unigram baseline" in result.stdout
+  assert {"2", "3"} <= set(os.listdir(workdir / "checkpoints"))
+  assert glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
+  operative = (workdir / "operative_config.gin").read_text()
+  assert "TrainConfig.train_steps = 3" in operative and "ModelConfig.d_model = 32" in operative
+
+  # Bad input: each is one 'error:' line, non-zero exit, before any compilation; nothing written is harmed.
+  before = sorted(os.listdir(workdir / "checkpoints"))
+  _one_line_error(_main(base + ["--gin.TrainConfig.nonexistent=1", f"--workdir={workdir}"]), "nonexistent")
+  _one_line_error(_main(["--gin_file=gin_configs/models/nope.gin", f"--workdir={workdir}"]), "nope.gin")
+  _one_line_error(_main(base + ["--gin.MeshConfig.shape=(2, 1, 1)", f"--workdir={workdir}"]),
+                  "needs 2 devices but 1 are available")
+  _one_line_error(_main(base + ["--gin.TrainConfig.global_batch_size=3", "--gin.MeshConfig.shape=(2, 1, 1)",
+                                f"--workdir={tmp_path / 'dp'}"],
+                        env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+                  "not divisible by the data-parallel size 2")
+  _one_line_error(_main(base + ["--gin.DataConfig.paths=('/no/such/dir',)", f"--workdir={tmp_path / 'x'}"]),
+                  "/no/such/dir")
+  readonly = tmp_path / "readonly"
+  readonly.mkdir()
+  readonly.chmod(0o500)
+  if os.geteuid() != 0:  # root can write anywhere: use a path under a regular file instead
+    _one_line_error(_main(base + [f"--workdir={readonly / 'w'}"]), "cannot be written")
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  _one_line_error(_main(base + [f"--workdir={blocker / 'w'}"]), "cannot be written")
+  assert sorted(os.listdir(workdir / "checkpoints")) == before
