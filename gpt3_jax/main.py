@@ -14,6 +14,7 @@ TrainConfig); later files and bindings override earlier ones. The operative conf
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import sys
 from typing import List, Sequence
@@ -75,8 +76,20 @@ def _prompts() -> List[str]:
   raise UserError(f"--mode={FLAGS.mode} needs --prompt or --prompt_file")
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Keeps the libraries' INFO chatter (orbax, TFDS, grain, jax) out of the console; warnings still show.
+  Run with --verbosity=1 to see everything."""
+
+  NOISY = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/jax/_src/", "/etils/")
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(n in record.pathname for n in self.NOISY)
+
+
 def run(argv: Sequence[str]) -> None:
   del argv
+  if FLAGS.verbosity < 1:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
   from gpt3_jax import configs  # imports jax: keep flag errors fast
 
   bundle = configs.parse_and_build(FLAGS.gin_file, list(FLAGS.gin_bindings) + _EXTRA_BINDINGS)
