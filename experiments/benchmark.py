@@ -38,7 +38,8 @@ def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int) -> dict:
   from gpt3_jax.training import train_state, train_step
 
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=(-1, 1, 1)))
-  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig(), batch_size * seq_len)
+  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
+  lr = np.float32(1e-4)
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, model_cfg.vocab_size, (batch_size, seq_len + 1)).astype(np.int32)
              for _ in range(steps + 1)]
@@ -48,13 +49,13 @@ def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int) -> dict:
     batch_sharding = mesh_lib.batch_sharding(mesh)
     device_batches = [jax.device_put(b, batch_sharding) for b in batches]
     t0 = time.perf_counter()
-    compiled = step.lower(state, device_batches[0]).compile()
+    compiled = step.lower(state, device_batches[0], lr).compile()
     compile_s = time.perf_counter() - t0
-    state, metrics = compiled(state, device_batches[0])  # warm-up
+    state, metrics = compiled(state, device_batches[0], lr)  # warm-up
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for b in device_batches[1:]:
-      state, metrics = compiled(state, b)
+      state, metrics = compiled(state, b, lr)
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - t0) / steps
   memory = compiled.memory_analysis()

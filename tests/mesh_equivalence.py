@@ -22,8 +22,7 @@ MESHES = {"single": (1, 1, 1), "dp": (8, 1, 1), "fsdp": (1, 8, 1), "tp": (1, 1, 
 def run(shape, microbatches=1, steps=3):
   n = int(np.prod(shape))
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=shape), devices=jax.devices()[:n])
-  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig(peak_learning_rate=1e-2, warmup_tokens=0,
-                                                      decay_tokens=10_000), BATCH * CFG.n_ctx)
+  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, CFG.vocab_size, (BATCH, CFG.n_ctx + 1)).astype(np.int32) for _ in range(steps)]
   with mesh_lib.activate(mesh):
@@ -31,7 +30,7 @@ def run(shape, microbatches=1, steps=3):
     step = train_step.jit_train_step(train_step.make_train_step(CFG, tx, microbatches), shardings, mesh)
     losses = []
     for batch in batches:
-      state, metrics = step(state, batch)
+      state, metrics = step(state, batch, np.float32(1e-2))
       losses.append(float(metrics["loss"]))
   shards = {jax.tree_util.keystr(path): list(leaf.addressable_shards[0].data.shape)
             for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}

@@ -166,3 +166,13 @@ def test_tied_embedding_logits():
   assert logits.shape == (2, 16, cfg.padded_vocab_size) and cfg.padded_vocab_size == 128
   np.testing.assert_allclose(np.asarray(logits)[..., :100], hidden @ wte[:100].T, atol=ATOL, rtol=ATOL)
   np.testing.assert_array_equal(np.asarray(logits)[..., 100:], -1e9)
+
+
+def test_sequence_longer_than_position_table_is_an_error():
+  import jax
+  import jax.numpy as jnp
+  from gpt3_jax.model.config import ModelConfig
+  from gpt3_jax.model.transformer import GPT
+  cfg = ModelConfig(vocab_size=64, n_ctx=8, d_model=16, n_layers=2, n_heads=2, d_head=8)
+  with pytest.raises(ValueError, match="exceeds the position table n_ctx=8"):
+    jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 9), jnp.int32)))

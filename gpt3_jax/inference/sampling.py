@@ -6,7 +6,8 @@ How rows of different lengths share one batch:
   generate: prompts are LEFT-padded to the longest prompt P; row b's tokens get positions 0..len_b-1 and its
     padding gets position -1, which the attention cache masks out (padding sees nothing, nothing sees padding).
     Every row then advances one cache slot per step, so all rows write the same slot (a shared cache index),
-    while each row keeps its own positions: a row's output equals the output of that prompt alone.
+    while each row keeps its own positions: a row's output equals the output of that prompt alone. P and the
+    number of steps are rounded up to a multiple of SHAPE_BUCKET so that similar calls share one compilation.
   generate_recompute: prompts are RIGHT-padded; each step reruns the whole model on the prefix (rounded up to a
     multiple of RECOMPUTE_BUCKET tokens, so only a few shapes compile) and reads the logits at each row's last
     real token. Causality makes the padding after it irrelevant.
@@ -33,6 +34,7 @@ from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.model.transformer import GPT, init_cache
 
 RECOMPUTE_BUCKET = 32
+SHAPE_BUCKET = 8  # generate pads the prompt length and the step count up to a multiple: fewer recompilations
 
 
 def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
@@ -149,7 +151,8 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], *, max_new_toke
   steps = int(budgets.max())
   if steps == 0:
     return [[] for _ in prompts]
-  prompt_len = int(lengths.max())
+  bucket = lambda n: -(-n // SHAPE_BUCKET) * SHAPE_BUCKET
+  steps, prompt_len = bucket(steps), bucket(int(lengths.max()))
   tokens = np.zeros((len(prompts), prompt_len), np.int32)
   for i, p in enumerate(prompts):
     tokens[i, prompt_len - len(p):] = p
@@ -163,8 +166,11 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], *, max_new_toke
 def _recompute_step(params, tokens, last, key, temperature, *, cfg: ModelConfig, greedy: bool, top_k: int,
                     top_p: float):
   """Full forward pass over right-padded tokens [B, L]; samples from the logits at column last[b]."""
-  logits = GPT(cfg).apply({"params": params}, tokens)
-  logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+  def last_logits(model, tokens):
+    hidden = jnp.take_along_axis(model.hidden(tokens), last[:, None, None], axis=1)
+    return model.logits(hidden)[:, 0]
+
+  logits = GPT(cfg).apply({"params": params}, tokens, method=last_logits)
   return _sample(logits, key, vocab_size=cfg.vocab_size, greedy=greedy, top_k=top_k, top_p=top_p,
                  temperature=temperature)
 

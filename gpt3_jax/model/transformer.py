@@ -144,11 +144,20 @@ class GPT(nn.Module):
     positions default to 0..T-1. When decoding they are required, per row [B, T], and a negative position
     marks a padding token (it sees nothing and nothing sees it; its embedding uses position 0).
     """
+    x = self.hidden(tokens, positions)
+    if last_only:
+      x = x[:, -1:]
+    return self.logits(x)
+
+  def hidden(self, tokens: jax.Array, positions: Optional[jax.Array] = None) -> jax.Array:
+    """Final hidden states ln_f(h) [B, T, d_model] (the input of the tied LM head); positions as __call__."""
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     if positions is None:
       if self.decode:
         raise ValueError("GPT(decode=True) needs per-row positions [B, T]")
+      if tokens.shape[-1] > cfg.n_ctx:
+        raise ValueError(f"sequence length {tokens.shape[-1]} exceeds the position table n_ctx={cfg.n_ctx}")
       positions = jnp.arange(tokens.shape[-1])[None]
     attn_positions = None
     if self.decode:
@@ -161,10 +170,7 @@ class GPT(nn.Module):
     else:
       for layer in self.layers:
         x, _ = layer(x, attn_positions)
-    if last_only:
-      x = x[:, -1:]
-    x = self.ln_f(x)
-    return self.logits(x)
+    return self.ln_f(x)
 
   def logits(self, x: jax.Array) -> jax.Array:
     """Tied output projection; padded vocabulary entries are pushed to -1e9 (probability exactly 0)."""
@@ -178,6 +184,8 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
   """An empty KV cache (the 'cache' collection of GPT(cfg, decode=True)) for `batch` rows of `max_len` slots.
 
   Only shapes are traced (jax.eval_shape), so no parameters are computed. Empty slots hold EMPTY_POSITION.
+  A dense layer's cache holds max_len token slots in all (prompt chunk + steps): writing more wraps around and
+  overwrites the oldest keys, so size it for everything the rows will feed (local rings wrap by design).
   """
   model = GPT(cfg, decode=True)
   tokens = jnp.zeros((batch, max_len), jnp.int32)

@@ -8,10 +8,15 @@ interrupted save is never listed as a checkpoint; restore always reads the newes
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import time
 from typing import Any, Optional, Tuple
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,25 +26,95 @@ class CheckpointConfig:
   async_save: bool = True
 
 
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written: training stops instead of running on without checkpoints."""
+
+
 class Checkpointer:
   """Saves every `every_steps` steps (and when forced), keeps the last `keep`, restores the latest."""
 
   def __init__(self, directory: str, cfg: CheckpointConfig):
+    self.directory = directory
+    self.cfg = cfg
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=cfg.every_steps, max_to_keep=cfg.keep,
-        enable_async_checkpointing=cfg.async_save, create=True)
+        save_interval_steps=1, max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, create=True,
+        cleanup_tmp_directories=True)  # a save interrupted by a kill leaves a tmp dir: removed on restart
     self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
+
+  def all_steps(self):
+    return sorted(self._manager.all_steps())
+
+  def due(self, step: int) -> bool:
+    return step % self.cfg.every_steps == 0
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict, meta: dict, force: bool = False) -> bool:
-    saved = self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
-        force=force)
-    if saved:
-      logging.info("checkpoint: saving step %d", step)
-    return saved
+  def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
+    """Starts a save of `step` (asynchronous unless configured otherwise). Errors of earlier saves surface here."""
+    if step in self._manager.all_steps():
+      return
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
+          force=True)
+    except Exception as e:  # disk full, unwritable directory, ...: stop now rather than train on unsaved
+      raise CheckpointWriteError(f"saving checkpoint step {step} in {self.directory} failed: {e}") from e
+    logging.info("checkpoint: saving step %d", step)
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointWriteError if a background save failed."""
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:
+      raise CheckpointWriteError(f"a checkpoint save in {self.directory} failed: {e}") from e
+
+  def restore_newest_good(self, abstract_state: Any, *, check_meta=None, below: Optional[int] = None):
+    """(step, state, data_state, meta) of the newest checkpoint (with step < `below`) that restores; damaged
+    ones are moved to <dir>_damaged/ with a warning naming them. None when there is none.
+
+    `check_meta(meta)` runs before any array is read and may raise to refuse an incompatible checkpoint; that
+    error propagates (the checkpoint is not damaged, the configuration differs) and nothing is moved.
+    """
+    for step in reversed(self.all_steps()):
+      if below is not None and step >= below:
+        continue
+      try:
+        meta = self.restore_meta(step)
+      except Exception as e:  # unreadable metadata: damaged
+        self._set_aside(step, e)
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        state, data_state, meta = self.restore(abstract_state, step)
+        return step, state, data_state, meta
+      except Exception as e:  # truncated / deleted array files: skip to the previous checkpoint
+        self._set_aside(step, e)
+    return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    target = self._move_aside(step, "damaged")
+    logging.warning("checkpoint %s is damaged (%s: %s); moved to %s, restoring the previous one",
+                    os.path.join(self.directory, str(step)), type(error).__name__,
+                    (str(error).splitlines() or [""])[0][:200], target)
+    self._manager.reload()
+
+  def set_aside_after(self, step: int, reason: str) -> None:
+    """Moves every checkpoint newer than `step` to <dir>_<reason>/ (kept, but never restored again)."""
+    for newer in [s for s in self.all_steps() if s > step]:
+      logging.warning("checkpoint step %d moved to %s", newer, self._move_aside(newer, reason))
+    self._manager.reload()
+
+  def _move_aside(self, step: int, reason: str) -> str:
+    folder = f"{self.directory.rstrip(os.sep)}_{reason}"
+    target = os.path.join(folder, f"{step}-{int(time.time() * 1000)}")
+    if jax.process_index() == 0:
+      os.makedirs(folder, exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"move_aside_{reason}_{step}")
+    return target
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Optional[Tuple[Any, dict, dict]]:
     """(state, data_state, meta) of `step` (default: latest), placed as `abstract_state`'s shardings."""

@@ -47,11 +47,17 @@ def decay_mask(params):
       lambda path, _: str(getattr(path[-1], "key", "")).endswith("kernel"), params)
 
 
-def make_optimizer(cfg: OptimizerConfig, tokens_per_step: int) -> optax.GradientTransformation:
-  """Clip -> AdamW with the schedule evaluated at tokens seen = update count * tokens_per_step."""
-  schedule = lambda count: learning_rate_at_tokens(cfg, count * tokens_per_step)
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+  """Clip -> Adam -> decoupled weight decay, WITHOUT the learning rate: the train step multiplies the result by
+  -lr, with lr computed on the host from the exact number of tokens seen (so the schedule stays a function of
+  tokens with or without the batch-size ramp). Together this is exactly optax.adamw after clipping."""
   return optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip_norm),
-      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                  mask=decay_mask),
+      optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+      optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
   )
+
+
+def apply_learning_rate(updates, learning_rate):
+  """The last AdamW stage: scale the direction by -lr."""
+  return jax.tree.map(lambda u: -learning_rate * u, updates)

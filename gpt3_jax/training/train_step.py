@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.model.transformer import GPT
 from gpt3_jax.parallel import mesh as mesh_lib
+from gpt3_jax.training import optimizer as optimizer_lib
 from gpt3_jax.training.train_state import TrainState
 
 
@@ -28,17 +29,22 @@ def loss_fn(params, cfg: ModelConfig, batch: jax.Array) -> Tuple[jax.Array, jax.
   return cross_entropy(logits, batch[:, 1:])
 
 
-def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
-                    num_microbatches: int = 1) -> Callable[[TrainState, jax.Array], Tuple[TrainState, Dict]]:
-  """Returns step(state, batch) -> (state, metrics). With num_microbatches > 1 the batch is split along rows
-  and gradients are accumulated in a scan: numerically the large-batch gradient, at 1/m of the activations."""
+def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, num_microbatches: int = 1
+                    ) -> Callable[[TrainState, jax.Array, jax.Array], Tuple[TrainState, Dict]]:
+  """Returns step(state, batch, learning_rate) -> (state, metrics).
+
+  With num_microbatches > 1 the batch is split along rows and gradients are accumulated in a scan: numerically
+  the large-batch gradient, at 1/m of the activation memory. A step whose loss or gradient norm is not finite
+  changes nothing but the step counter (params and optimizer state are kept) and reports skipped = 1.
+  """
 
   def grads_of(params, batch):
-    (nll, count), grads = jax.value_and_grad(
-        lambda p: (lambda s, c: (s / c, c))(*loss_fn(p, cfg, batch)), has_aux=True)(params)
-    return nll, grads
+    def mean_loss(p):
+      total, count = loss_fn(p, cfg, batch)
+      return total / count
+    return jax.value_and_grad(mean_loss)(params)
 
-  def step(state: TrainState, batch: jax.Array):
+  def step(state: TrainState, batch: jax.Array, learning_rate: jax.Array):
     if num_microbatches == 1:
       loss, grads = grads_of(state.params, batch)
     else:
@@ -53,18 +59,25 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
       (loss, grads), _ = jax.lax.scan(body, zeros, micro)
       loss, grads = jax.tree.map(lambda x: x / num_microbatches, (loss, grads))
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def apply(_):
+      direction, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, optimizer_lib.apply_learning_rate(direction, learning_rate))
+      return params, opt_state
+
+    params, opt_state = jax.lax.cond(finite, apply, lambda _: (state.params, state.opt_state), None)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, {"loss": loss, "grad_norm": grad_norm}
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": 1.0 - finite.astype(jnp.float32)}
 
   return step
 
 
 def jit_train_step(step_fn, shardings: TrainState, mesh: Mesh):
   """jit with named shardings: state in/out by the rules table (donated), batch rows over data x fsdp."""
-  return jax.jit(step_fn, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  rep = mesh_lib.replicated(mesh)
+  return jax.jit(step_fn, in_shardings=(shardings, mesh_lib.batch_sharding(mesh), rep),
+                 out_shardings=(shardings, rep), donate_argnums=0)
 
 
 def make_eval_step(cfg: ModelConfig, shardings: TrainState, mesh: Mesh):

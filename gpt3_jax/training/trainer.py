@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -15,14 +16,17 @@ from absl import logging
 from gpt3_jax.data import corpus as corpus_lib
 from gpt3_jax.data import pipeline
 from gpt3_jax.data import text_files
+from gpt3_jax.model import attention
 from gpt3_jax.model.config import ModelConfig, flops_per_token
 from gpt3_jax.parallel import hardware
 from gpt3_jax.parallel import mesh as mesh_lib
 from gpt3_jax.training import optimizer as optimizer_lib
 from gpt3_jax.training import train_state as state_lib
 from gpt3_jax.training import train_step as step_lib
+from gpt3_jax.training.batch_ramp import BatchRamp
 from gpt3_jax.training.checkpointing import CheckpointConfig, Checkpointer
 from gpt3_jax.training.metrics import MetricsLogger
+from gpt3_jax.training.preemption import PreemptionWatcher
 
 # ModelConfig fields that define the parameters: a checkpoint written with other values cannot be restored.
 ARCHITECTURE_FIELDS = ("vocab_size", "n_ctx", "d_model", "n_layers", "n_heads", "d_head", "d_ff",
@@ -48,6 +52,18 @@ class TrainConfig:
   sample_prompt: str = ""
   sample_tokens: int = 64
   sample_temperature: float = 0.8
+  # Numerical faults: a non-finite step changes nothing; this many in a row stop the run.
+  max_consecutive_nonfinite: int = 5
+  # Loss spikes (PaLM): loss > spike_factor x the mean of the last spike_window losses restores the newest
+  # checkpoint before the spike and skips spike_skip_batches batches. spike_factor 0 turns detection off.
+  spike_factor: float = 0.0
+  spike_window: int = 20
+  spike_skip_batches: int = 100
+  max_spike_recoveries: int = 3
+  # Batch-size ramp (Appendix B): linear from batch_ramp_start_tokens per batch to the full batch over
+  # batch_ramp_tokens tokens, in power-of-two stages. 0 turns it off.
+  batch_ramp_tokens: float = 0.0
+  batch_ramp_start_tokens: float = 32768
 
 
 def _check_workdir(workdir: str) -> None:
@@ -64,6 +80,7 @@ def _check_workdir(workdir: str) -> None:
 def validate(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, mesh_cfg: mesh_lib.MeshConfig,
              train_cfg: TrainConfig, workdir: str):
   """Every cheap check, before any data preparation or compilation. Returns the mesh."""
+  attention.check_attention_impl(model_cfg.attention_impl)
   mesh = mesh_lib.make_mesh(mesh_cfg)
   dp = mesh_lib.data_parallel_size(mesh)
   b, m = train_cfg.global_batch_size, train_cfg.num_microbatches
@@ -85,7 +102,8 @@ def validate(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, mesh_cfg: 
   return mesh
 
 
-def check_compatible(saved: Dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig, seq_len: int) -> None:
+def check_compatible(saved: Dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig, seq_len: int,
+                     base_batch: int) -> None:
   """Refuses to resume from a checkpoint whose parameters or data stream do not match this run."""
   saved_model = saved.get("model_config", {})
   for field in ARCHITECTURE_FIELDS:
@@ -93,11 +111,10 @@ def check_compatible(saved: Dict[str, Any], model_cfg: ModelConfig, train_cfg: T
       raise ValueError(f"the checkpoint in the workdir was written with ModelConfig.{field}="
                        f"{saved_model[field]!r} but this run has {getattr(model_cfg, field)!r}; use a new --workdir "
                        f"or the checkpoint's setting")
-  for field, value in (("global_batch_size", train_cfg.global_batch_size), ("seq_len", seq_len),
-                       ("seed", train_cfg.seed)):
+  for field, value in (("base_batch", base_batch), ("seq_len", seq_len), ("seed", train_cfg.seed)):
     if field in saved and saved[field] != value:
-      raise ValueError(f"the checkpoint's data position assumes TrainConfig.{field}={saved[field]!r} but this run "
-                       f"has {value!r}; resume with the same value or use a new --workdir")
+      raise ValueError(f"the checkpoint's data position assumes {field}={saved[field]!r} but this run has "
+                       f"{value!r}; resume with the same batch / seq_len / seed settings or use a new --workdir")
 
 
 def _process_rows(batch: np.ndarray) -> np.ndarray:
@@ -121,91 +138,202 @@ def evaluate(eval_fn, params, valid_tokens, *, seq_len: int, batch_size: int, ma
   return total / count
 
 
+class NonFiniteLossError(FloatingPointError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class _DataFeed:
+  """Global batches of a ramp stage assembled from consecutive base batches of the data stream."""
+
+  def __init__(self, data_iter, mesh, base_batch: int):
+    self.data_iter = data_iter
+    self.sharding = mesh_lib.batch_sharding(mesh)
+    self.base_batch = base_batch
+
+  def next(self, batch_size: int) -> jax.Array:
+    parts = [next(self.data_iter) for _ in range(batch_size // self.base_batch)]
+    local = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return jax.make_array_from_process_local_data(self.sharding, local)
+
+  def skip(self, batches: int) -> None:
+    for _ in range(batches):
+      next(self.data_iter)
+
+
 def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: optimizer_lib.OptimizerConfig,
           mesh_cfg: mesh_lib.MeshConfig, train_cfg: TrainConfig, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) in `workdir` and returns a summary of the final evaluation."""
   mesh = validate(model_cfg, data_cfg, mesh_cfg, train_cfg, workdir)
   primary = jax.process_index() == 0
   seq_len = train_cfg.seq_len or model_cfg.n_ctx
+  ramp = BatchRamp(full_batch=train_cfg.global_batch_size, seq_len=seq_len, ramp_tokens=train_cfg.batch_ramp_tokens,
+                   start_tokens=train_cfg.batch_ramp_start_tokens,
+                   granularity=mesh_lib.data_parallel_size(mesh) * train_cfg.num_microbatches)
 
   corpus = corpus_lib.prepare_corpus(data_cfg)
   model_cfg = model_cfg.replace(vocab_size=corpus.tokenizer.vocab_size)
-  tokens_per_step = train_cfg.global_batch_size * seq_len
-  tx = optimizer_lib.make_optimizer(opt_cfg, tokens_per_step)
+  tx = optimizer_lib.make_optimizer(opt_cfg)
   meta = {"model_config": dataclasses.asdict(model_cfg), "global_batch_size": train_cfg.global_batch_size,
-          "seq_len": seq_len, "seed": train_cfg.seed, "tokenizer_path": corpus.tokenizer_path}
+          "base_batch": ramp.base_batch, "seq_len": seq_len, "seed": train_cfg.seed,
+          "tokenizer_path": corpus.tokenizer_path}
+  check_meta = lambda saved: check_compatible(saved, model_cfg, train_cfg, seq_len, ramp.base_batch)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), CheckpointConfig(
       every_steps=train_cfg.checkpoint_every, keep=train_cfg.keep_checkpoints,
       async_save=train_cfg.async_checkpointing))
-  data_iter = pipeline.train_iterator(corpus.train_tokens, seq_len=seq_len,
-                                      global_batch_size=train_cfg.global_batch_size, seed=train_cfg.seed,
-                                      process_index=jax.process_index(), process_count=jax.process_count())
+  data_iter = pipeline.train_iterator(corpus.train_tokens, seq_len=seq_len, global_batch_size=ramp.base_batch,
+                                      seed=train_cfg.seed, process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+  feed = _DataFeed(data_iter, mesh, ramp.base_batch)
   logger = MetricsLogger(workdir, enabled=primary, total_steps=train_cfg.train_steps)
   flops_token = flops_per_token(model_cfg, seq_len)
   peak_total = (train_cfg.peak_flops_per_device * jax.device_count() if train_cfg.peak_flops_per_device
                 else (hardware.device_peak_flops() or 0) * jax.device_count() or hardware.measure_matmul_flops())
 
-  with mesh_lib.activate(mesh):
-    shardings = state_lib.state_shardings(model_cfg, tx, mesh)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-      check_compatible(checkpointer.restore_meta(latest), model_cfg, train_cfg, seq_len)
-      state, data_state, _ = checkpointer.restore(state_lib.abstract_state(model_cfg, tx, mesh), latest)
-      data_iter.set_state(data_state)
-      logging.info("resumed from step %d", latest)
-    else:
-      state, _ = state_lib.create_state(model_cfg, tx, mesh, train_cfg.seed)
-    batch_sharding = mesh_lib.batch_sharding(mesh)
-    step_fn = step_lib.jit_train_step(step_lib.make_train_step(model_cfg, tx, train_cfg.num_microbatches),
-                                      shardings, mesh)
-    eval_fn = step_lib.make_eval_step(model_cfg, shardings, mesh)
+  try:
+    with mesh_lib.activate(mesh), PreemptionWatcher() as watcher:
+      shardings = state_lib.state_shardings(model_cfg, tx, mesh)
+      abstract = state_lib.abstract_state(model_cfg, tx, mesh)
+      restored = checkpointer.restore_newest_good(abstract, check_meta=check_meta)
+      if restored is not None:
+        _, state, data_state, _ = restored
+        data_iter.set_state(data_state)
+        logging.info("resumed from step %d", int(state.step))
+      else:
+        state, _ = state_lib.create_state(model_cfg, tx, mesh, train_cfg.seed)
+      step_fn = step_lib.jit_train_step(step_lib.make_train_step(model_cfg, tx, train_cfg.num_microbatches),
+                                        shardings, mesh)
+      eval_fn = step_lib.make_eval_step(model_cfg, shardings, mesh)
+      compiled: Dict[int, Any] = {}
+      compile_s = 0.0
 
-    start_step = int(state.step)
-    next_batch = lambda: jax.make_array_from_process_local_data(batch_sharding, next(data_iter))
-    batch_spec = jax.ShapeDtypeStruct((train_cfg.global_batch_size, seq_len + 1), np.int32, sharding=batch_sharding)
-    t0 = time.perf_counter()
-    compiled = step_fn.lower(state, batch_spec).compile()
-    compile_s = time.perf_counter() - t0
-    if primary:
-      logging.info("model: %s", model_cfg)
-      logging.info("train step compiled in %.1fs; %.3g FLOPs/token; peak %.3g FLOP/s", compile_s, flops_token,
-                   peak_total)
+      def compiled_step(batch_size: int):
+        nonlocal compile_s
+        if batch_size not in compiled:
+          spec = jax.ShapeDtypeStruct((batch_size, seq_len + 1), np.int32, sharding=mesh_lib.batch_sharding(mesh))
+          t0 = time.perf_counter()
+          compiled[batch_size] = step_fn.lower(state, spec, np.float32(0)).compile()
+          compile_s += time.perf_counter() - t0
+          if primary:
+            logging.info("train step for batch %d compiled in %.1fs", batch_size, time.perf_counter() - t0)
+        return compiled[batch_size]
 
-    eval_loss = None
-    window_start, window_steps = time.perf_counter(), 0
-    for step in range(start_step, train_cfg.train_steps):
-      state, metrics = compiled(state, next_batch())
-      window_steps += 1
-      done = step + 1
-      if done % train_cfg.log_every == 0 or done == train_cfg.train_steps:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        elapsed = time.perf_counter() - window_start
-        tokens_s = window_steps * tokens_per_step / elapsed
-        metrics.update(learning_rate=float(optimizer_lib.learning_rate_at_tokens(opt_cfg, step * tokens_per_step)),
-                       tokens_per_s=tokens_s, mfu=tokens_s * flops_token / peak_total if peak_total else 0.0,
-                       tokens_seen=float(done * tokens_per_step))
-        logger.write(done, metrics)
-        logger.progress(done, metrics)
-        window_start, window_steps = time.perf_counter(), 0
-        if not math.isfinite(metrics["loss"]):
-          raise FloatingPointError(f"loss became {metrics['loss']} at step {done}; lower the learning rate")
-      if done % train_cfg.eval_every == 0 or done == train_cfg.train_steps:
-        eval_loss = evaluate(eval_fn, state.params, corpus.valid_tokens, seq_len=seq_len,
-                             batch_size=train_cfg.global_batch_size, max_batches=train_cfg.eval_batches, mesh=mesh)
-        logger.write(done, {"loss": eval_loss, "perplexity": math.exp(min(eval_loss, 50))}, prefix="eval")
+      if primary:
+        logging.info("model: %s", model_cfg)
+        logging.info("%.3g FLOPs/token; peak %.3g FLOP/s; batch stages %s", flops_token, peak_total, ramp.stages)
+
+      def run_eval(step: int) -> float:
+        loss = evaluate(eval_fn, state.params, corpus.valid_tokens, seq_len=seq_len,
+                        batch_size=train_cfg.global_batch_size, max_batches=train_cfg.eval_batches, mesh=mesh)
+        logger.write(step, {"loss": loss, "perplexity": math.exp(min(loss, 50))}, prefix="eval")
         if primary:
-          logging.info("eval at step %d: loss %.4f perplexity %.2f", done, eval_loss, math.exp(min(eval_loss, 50)))
-        window_start = time.perf_counter()  # keep evaluation out of the throughput window
-      checkpointer.save(done, state, data_iter.get_state(), meta, force=done == train_cfg.train_steps)
+          logging.info("eval at step %d: loss %.4f perplexity %.2f", step, loss, math.exp(min(loss, 50)))
+        return loss
 
-    if eval_loss is None:  # resumed at the end: evaluate the restored state
-      eval_loss = evaluate(eval_fn, state.params, corpus.valid_tokens, seq_len=seq_len,
-                           batch_size=train_cfg.global_batch_size, max_batches=train_cfg.eval_batches, mesh=mesh)
+      counters = {"skipped_steps": 0, "spike_recoveries": 0, "consecutive_nonfinite": 0}
+      history: collections.deque = collections.deque(maxlen=max(1, train_cfg.spike_window))
+      window = {"start": time.perf_counter(), "tokens": 0}
+      eval_loss, preempted = None, False
+
+      def inspect(done: int, metrics, lr: float, batch_size: int) -> Optional[int]:
+        """Reads one step's metrics (one step behind the device). Returns the spike step if one is detected."""
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if values["skipped"]:
+          counters["skipped_steps"] += 1
+          counters["consecutive_nonfinite"] += 1
+          logging.warning("step %d: non-finite loss %s / grad norm %s; update skipped (%d in a row)", done,
+                          values["loss"], values["grad_norm"], counters["consecutive_nonfinite"])
+          if counters["consecutive_nonfinite"] >= train_cfg.max_consecutive_nonfinite:
+            last = checkpointer.all_steps()
+            raise NonFiniteLossError(
+                f"{counters['consecutive_nonfinite']} consecutive steps had a non-finite loss or gradient (last at "
+                f"step {done}); stopping. The newest good checkpoint is step {last[-1] if last else None}; lower "
+                f"the learning rate or check the data")
+        else:
+          counters["consecutive_nonfinite"] = 0
+          if (train_cfg.spike_factor > 0 and len(history) >= history.maxlen
+              and values["loss"] > train_cfg.spike_factor * (sum(history) / len(history))):
+            return done
+          history.append(values["loss"])
+        if done % train_cfg.log_every == 0 or done == train_cfg.train_steps:
+          elapsed = time.perf_counter() - window["start"]
+          tokens_s = window["tokens"] / elapsed if elapsed > 0 else 0.0
+          values.update(learning_rate=lr, batch_size=float(batch_size), tokens_per_s=tokens_s,
+                        mfu=tokens_s * flops_token / peak_total if peak_total else 0.0,
+                        tokens_seen=float(ramp.tokens_before(done)), skipped_steps=float(counters["skipped_steps"]))
+          logger.write(done, values)
+          logger.progress(done, values)
+          window.update(start=time.perf_counter(), tokens=0)
+        return None
+
+      def recover(spike_step: int, loss: float) -> int:
+        """Restores the newest checkpoint before `spike_step`, skips batches; returns the restored step."""
+        nonlocal state
+        counters["spike_recoveries"] += 1
+        if counters["spike_recoveries"] > train_cfg.max_spike_recoveries:
+          raise NonFiniteLossError(f"loss spike at step {spike_step} after {train_cfg.max_spike_recoveries} "
+                                   f"recoveries; stopping")
+        checkpointer.wait()
+        found = checkpointer.restore_newest_good(abstract, check_meta=check_meta, below=spike_step)
+        if found is None:
+          raise NonFiniteLossError(f"loss spike at step {spike_step} but no checkpoint before it to restore")
+        step, state, data_state, _ = found
+        checkpointer.set_aside_after(step, "abandoned")  # checkpoints of the spiking trajectory
+        data_iter.set_state(data_state)
+        skip = train_cfg.spike_skip_batches * (ramp.batch_size(step) // ramp.base_batch)
+        feed.skip(skip)
+        history.clear()
+        event = {"spike_step": float(spike_step), "loss": loss, "restored_step": float(step),
+                 "skipped_batches": float(train_cfg.spike_skip_batches)}
+        logger.write(spike_step, event, prefix="event")
+        logging.warning("loss spike at step %d (loss %.4f): restored step %d and skipped %d batches", spike_step,
+                        loss, step, train_cfg.spike_skip_batches)
+        return step
+
+      step = int(state.step)
+      pending = None  # the newest dispatched step, whose metrics are read after the next step is dispatched
+      while True:
+        dispatched = None
+        if step < train_cfg.train_steps:
+          batch_size = ramp.batch_size(step)
+          lr = float(optimizer_lib.learning_rate_at_tokens(opt_cfg, ramp.tokens_before(step)))
+          state, metrics = compiled_step(batch_size)(state, feed.next(batch_size), np.float32(lr))
+          step += 1
+          window["tokens"] += batch_size * seq_len
+          dispatched = (step, metrics, lr, batch_size)
+        if pending is not None:
+          spike = inspect(*pending)
+          if spike is not None:
+            step, pending = recover(spike, float(jax.device_get(pending[1])["loss"])), None
+            continue
+        pending = dispatched
+        if pending is None:  # nothing left to dispatch and the last step was inspected
+          break
+        checkpointer.check_for_errors()
+        if step % train_cfg.eval_every == 0 or step == train_cfg.train_steps:
+          eval_loss = run_eval(step)
+          window.update(start=time.perf_counter(), tokens=0)  # keep evaluation out of the throughput
+        if checkpointer.due(step) or step == train_cfg.train_steps:
+          checkpointer.save(step, state, data_iter.get_state(), meta)
+        if watcher.should_stop():
+          inspect(*pending)
+          checkpointer.save(step, state, data_iter.get_state(), meta)
+          checkpointer.wait()
+          checkpointer.check_for_errors()
+          logging.warning("preempted: saved step %d; run the same command again to resume", step)
+          preempted = True
+          break
+
+      if eval_loss is None and not preempted:  # resumed at the end: evaluate the restored state
+        eval_loss = run_eval(step)
+      checkpointer.wait()
+      checkpointer.check_for_errors()
+  finally:
     checkpointer.close()
     logger.close()
-    summary = {"step": int(state.step), "eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50)),
-               "unigram_loss": pipeline.unigram_cross_entropy(corpus.train_tokens, corpus.valid_tokens,
-                                                              corpus.tokenizer.vocab_size),
-               "compile_seconds": compile_s, "model_config": model_cfg, "state": state, "tokenizer": corpus.tokenizer}
-  return summary
+  return {"step": int(state.step), "eval_loss": eval_loss,
+          "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
+          "unigram_loss": pipeline.unigram_cross_entropy(corpus.train_tokens, corpus.valid_tokens,
+                                                         corpus.tokenizer.vocab_size),
+          "compile_seconds": compile_s, "model_config": model_cfg, "state": state, "tokenizer": corpus.tokenizer,
+          "preempted": preempted, **counters}
