@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -40,9 +41,17 @@ LOGICAL_AXIS_RULES: Tuple[Tuple[str, Any], ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Mesh shape over (data, fsdp, tensor); one entry may be -1 to take the remaining devices."""
+  """Mesh shape over (data, fsdp, tensor); one entry may be -1 to take the remaining devices.
+
+  Hybrid (ICI x DCN) meshes: with `dcn_shape` != (1, 1, 1), `shape` is the mesh INSIDE one granule (a TPU slice,
+  or one process / GPU node: fast interconnect) and `dcn_shape` arranges the granules (slow network); the mesh
+  is their element-wise product, e.g. shape (1, 16, 8) x dcn_shape (4, 1, 1) = (4, 16, 8) puts only the data
+  axis across 4 nodes. Each may hold one -1: in `shape` it takes the devices of one granule, in `dcn_shape`
+  the granules.
+  """
 
   shape: Tuple[int, int, int] = (-1, 1, 1)
+  dcn_shape: Tuple[int, int, int] = (1, 1, 1)
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> Tuple[int, ...]:
@@ -64,11 +73,70 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> Tuple[int, ...
   return shape
 
 
+def resolve_hybrid_shape(shape: Sequence[int], dcn_shape: Sequence[int], num_devices: int,
+                         num_granules: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+  """(ici shape, dcn shape) with -1 filled: dcn over the granules, ici over the devices of one granule."""
+  if num_granules <= 0 or num_devices % num_granules:
+    raise ValueError(f"{num_devices} devices do not split evenly into {num_granules} slices / nodes; every "
+                     f"slice must have the same number of devices for a hybrid mesh")
+  try:
+    dcn = resolve_mesh_shape(dcn_shape, num_granules)
+  except ValueError as e:
+    raise ValueError(f"MeshConfig.dcn_shape: {e} (here a 'device' is a slice / node: {num_granules} found)") \
+        from None
+  try:
+    ici = resolve_mesh_shape(shape, num_devices // num_granules)
+  except ValueError as e:
+    raise ValueError(f"MeshConfig.shape (per slice / node with a dcn_shape): {e}") from None
+  return ici, dcn
+
+
+def _slices_are_granules(device: jax.Device) -> bool:
+  # Only TPUs have meaningful slices; multi-process CPU / GPU runtimes may report slice_index 0 everywhere.
+  return device.platform == "tpu" and getattr(device, "slice_index", None) is not None
+
+
+def granule_key(device: jax.Device) -> int:
+  """The DCN unit of a device: its slice on TPU, else its process (one process per GPU node)."""
+  return device.slice_index if _slices_are_granules(device) else device.process_index
+
+
+def hybrid_device_grid(devices: Sequence[jax.Device], ici: Sequence[int], dcn: Sequence[int],
+                       key=granule_key) -> np.ndarray:
+  """Device grid of shape ici * dcn: granule g (sorted by key) fills block g of the dcn grid (row-major), its
+  devices in their listed order inside the block. The same layout as mesh_utils.create_hybrid_device_mesh,
+  without its topology optimization (used where that refuses the devices, e.g. CPU processes)."""
+  groups = {}
+  for d in devices:
+    groups.setdefault(key(d), []).append(d)
+  blocks = np.asarray([groups[k] for k in sorted(groups)], dtype=object)
+  n = len(MESH_AXES)
+  grid = blocks.reshape(tuple(dcn) + tuple(ici))
+  order = [i for pair in zip(range(n), range(n, 2 * n)) for i in pair]  # d0, i0, d1, i1, ...
+  return grid.transpose(order).reshape(tuple(a * b for a, b in zip(dcn, ici)))
+
+
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A Mesh over (data, fsdp, tensor) with Auto axes; hybrid ICI x DCN when cfg.dcn_shape != (1, 1, 1).
+
+  The hybrid path calls mesh_utils.create_hybrid_device_mesh (topology-aware on TPU slices, and on GPU nodes
+  with one process per node); where it refuses the devices it falls back to `hybrid_device_grid`."""
+  from jax.experimental import mesh_utils
   devices = list(jax.devices() if devices is None else devices)
+  if tuple(cfg.dcn_shape) != (1,) * len(MESH_AXES):
+    sizes = collections.Counter(granule_key(d) for d in devices)
+    num_granules = len(sizes)
+    if len(set(sizes.values())) > 1:
+      raise ValueError(f"slices / nodes have different device counts {dict(sizes)}; a hybrid mesh needs equal ones")
+    ici, dcn = resolve_hybrid_shape(cfg.shape, cfg.dcn_shape, len(devices), num_granules)
+    try:
+      grid = mesh_utils.create_hybrid_device_mesh(
+          ici, dcn, devices=devices, process_is_granule=not _slices_are_granules(devices[0]))
+    except Exception:  # e.g. forced CPU devices: no physical topology to optimize for
+      grid = hybrid_device_grid(devices, ici, dcn)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
   shape = resolve_mesh_shape(cfg.shape, len(devices))
   try:
-    from jax.experimental import mesh_utils
     grid = mesh_utils.create_device_mesh(shape, devices=devices)
   except Exception:  # topology helpers refuse some device sets (e.g. forced CPU devices); fall back to order
     grid = np.asarray(devices).reshape(shape)

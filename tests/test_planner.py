@@ -1,0 +1,143 @@
+"""The planner: per-device state bytes equal real sharded arrays; activations follow the documented formula;
+GPT-3 175B plans (fit / does not fit + suggestion, and an ahead-of-time compile on 64 fake devices)."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpt3_jax import configs, planner
+from gpt3_jax.model.config import ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(n_ctx=32, d_model=32, n_layers=2, n_heads=4, d_head=8, vocab_size=500,
+            attention_pattern="alternating", local_window=8)
+MESHES = [(8, 1, 1), (1, 8, 1), (1, 4, 2), (2, 2, 2), (2, 1, 4)]
+
+# Runs with 8 forced CPU devices: creates the real state on each mesh and prints per-device bytes of the shards
+# on device 0 (every device holds an equal shard here) next to the planner's numbers.
+_REAL_VS_PLAN = r"""
+import json, sys
+import jax
+from gpt3_jax import planner
+from gpt3_jax.model.config import ModelConfig
+from gpt3_jax.parallel import mesh as mesh_lib
+from gpt3_jax.training import train_state
+cfg = ModelConfig(**json.loads(sys.argv[1]))
+tx = planner.make_tx()
+shapes, logical = planner.state_layout(cfg, tx)
+rows = []
+for shape in json.loads(sys.argv[2]):
+  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=tuple(shape)))
+  with mesh_lib.activate(mesh):
+    state, _ = train_state.create_state(cfg, tx, mesh, 0)
+  dev = jax.devices()[0]
+  def on_dev0(tree):
+    return sum(s.data.nbytes for leaf in jax.tree.leaves(tree) for s in leaf.addressable_shards if s.device == dev)
+  real = {"params": on_dev0(state.params), "opt_state": on_dev0(state.opt_state)}
+  plan = planner.state_bytes_per_device(shapes, logical, shape)
+  rows.append({"mesh": shape, "real": real, "plan": {k: plan[k] for k in real}})
+print(json.dumps(rows))
+"""
+
+
+def _run(args, env_extra=None, timeout=120):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
+  return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env,
+                        timeout=timeout)
+
+
+def test_state_bytes_equal_real_sharded_arrays():
+  out = _run(["-c", _REAL_VS_PLAN, json.dumps(TINY), json.dumps(MESHES)],
+             {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.loads(out.stdout.strip().splitlines()[-1])
+  assert [r["mesh"] for r in rows] == [list(m) for m in MESHES]
+  for row in rows:
+    assert row["plan"] == row["real"], row
+  by_mesh = {tuple(r["mesh"]): r["real"]["params"] for r in rows}
+  assert by_mesh[(1, 8, 1)] < by_mesh[(8, 1, 1)]  # sharding does shrink the per-device state
+
+
+def test_activation_estimate_matches_the_documented_formula():
+  """Hand-computed from the docstring of planner.activation_bytes for a dense float32 model on tensor 2."""
+  cfg = ModelConfig(n_ctx=16, d_model=8, n_layers=3, n_heads=2, d_head=4, vocab_size=128, d_ff=32)
+  b, t, d, a, f, h, n, tp, e, v = 2, 16, 8, 8, 32, 2, 3, 2, 4, 128
+  layer = 6 * b * t * d + b * t * (4 * a + 2 * f) / tp + b * h * t * t / tp
+  fixed = 2 * b * t * v / tp * 4 + 2 * (4 * d * a + 2 * d * f) / tp * e
+  got = planner.activation_bytes(cfg, (1, 1, tp), rows=b, seq_len=t)
+  assert got["none"] == int(n * layer * e + fixed)
+  assert got["full"] == int((n * b * t * d + layer) * e + fixed)
+  assert got["save_attention_mlp_outputs"] == int((n * 3 * b * t * d + layer) * e + fixed)
+  assert got["save_dots"] == int((n * b * t * (3 * d + (3 * a + f) / tp) + layer) * e + fixed)
+
+
+def _cfg(name):
+  return configs.parse_and_build([f"gin_configs/models/{name}.gin"], []).model
+
+
+def test_175b_plain_data_parallel_on_8_chips_does_not_fit_and_says_what_would():
+  report = planner.plan_report(_cfg("175b"), mesh_shape=(-1, 1, 1), num_devices=8, chip="h100", global_batch=8)
+  assert report["memory"]["mesh"] == [8, 1, 1] and not report["fits"]
+  # Replicated float32 params + grads + Adam moments: 16 bytes per parameter on every device.
+  assert report["memory"]["params_bytes"] == report["stored_params"] * 4
+  assert report["memory"]["opt_state_bytes"] == report["stored_params"] * 8 + 4  # + the Adam count (int32)
+  assert report["suggestion"] is None  # no split of 8 chips holds 2.8 TB of state
+  needed = report["min_devices_to_fit"]
+  assert needed["devices"] >= 64 and needed["devices"] % 8 == 0
+  text = planner.format_report(report)
+  assert "DOES NOT FIT" in text and f"{needed['devices']} devices" in text
+
+
+def test_6_7b_data_parallel_gets_an_fsdp_suggestion_on_the_same_chips():
+  cfg = _cfg("6.7b").replace(dtype="bfloat16")
+  report = planner.plan_report(cfg, mesh_shape=(-1, 1, 1), num_devices=8, chip="h100", global_batch=8,
+                               seq_len=2048)
+  assert not report["fits"]
+  s = report["suggestion"]
+  assert s is not None and s["mesh"][0] * s["mesh"][1] * s["mesh"][2] == 8 and s["mesh"][1] > 1
+  assert s["total_bytes"] <= planner.USABLE_MEMORY_FRACTION * 80e9
+  assert "suggestion: MeshConfig.shape" in planner.format_report(report)
+
+
+def test_step_time_follows_flops_and_mfu():
+  report = planner.plan_report(_cfg("small"), mesh_shape=(1, -1, 1), num_devices=16, chip="v5p",
+                               global_batch=256, mfu=0.5)
+  expected = report["flops_per_token"] * 256 * 2048 / (16 * 459e12 * 0.5)
+  assert report["step_seconds"] == pytest.approx(expected)
+  assert report["tokens_per_day"] == pytest.approx(256 * 2048 / expected * 86400)
+  assert report["fits"] and report["memory"]["mesh"] == [1, 16, 1]
+
+
+def test_175b_on_64_fake_devices_compiles_without_allocating():
+  """Plan mode end to end with --plan_compile: the real train step, lowered and compiled for 64 CPU devices from
+  ShapeDtypeStructs. The model's state alone is ~2.8 TB; the processes stay far below that."""
+  start = time.perf_counter()
+  out = _run(["-m", "gpt3_jax.main", "--mode=plan", "--json", "--gin_file=gin_configs/models/175b.gin",
+              "--gin.ModelConfig.remat_policy='full'", "--gin.ModelConfig.dtype='bfloat16'",
+              "--plan_devices=64", "--plan_mesh=1,8,8", "--plan_batch=64", "--plan_chip=h100", "--plan_compile"],
+             timeout=180)
+  seconds = time.perf_counter() - start
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  assert {"params", "non_embedding_params", "flops_per_token"} <= set(report)
+  assert seconds < 60, seconds
+  compiled = report["compiled"]
+  assert compiled["devices"] == 64, compiled
+  memory = report["memory"]
+  # XLA's argument bytes are exactly the sharded train state (+ the batch and the learning rate).
+  state = memory["params_bytes"] + memory["opt_state_bytes"]
+  assert state <= compiled["argument_bytes"] <= state + 64 * 2049 * 4 + 64
+  peak_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # KiB on Linux
+  assert peak_rss_gb < 16, peak_rss_gb
+
+
+def test_plan_rejects_an_impossible_mesh_in_one_line():
+  out = _run(["-m", "gpt3_jax.main", "--mode=plan", "--gin_file=gin_configs/models/small.gin",
+              "--plan_devices=8", "--plan_mesh=3,1,1"], timeout=60)
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+  assert out.returncode == 2 and len(errors) == 1 and "--plan_devices=8" in errors[0], out.stderr[-2000:]
