@@ -10,6 +10,10 @@ import jax
 
 def print_summary(summary: Dict[str, Any], train_cfg) -> None:
   from gpt3_jax.inference import sampling
+  if summary.get("preempted"):
+    if jax.process_index() == 0:
+      print(f"preempted at step {summary['step']}: checkpoint saved; run the same command again to resume")
+    return
   cfg, tokenizer = summary["model_config"], summary["tokenizer"]
   completion = ""
   if train_cfg.sample_tokens > 0:

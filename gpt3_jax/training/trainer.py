@@ -245,10 +245,12 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
                           values["loss"], values["grad_norm"], counters["consecutive_nonfinite"])
           if counters["consecutive_nonfinite"] >= train_cfg.max_consecutive_nonfinite:
             last = checkpointer.all_steps()
+            good = done - counters["consecutive_nonfinite"]
             raise NonFiniteLossError(
-                f"{counters['consecutive_nonfinite']} consecutive steps had a non-finite loss or gradient (last at "
-                f"step {done}); stopping. The newest good checkpoint is step {last[-1] if last else None}; lower "
-                f"the learning rate or check the data")
+                f"{counters['consecutive_nonfinite']} consecutive steps had a non-finite loss or gradient (steps "
+                f"{good + 1}-{done}); stopping. Skipped steps change no parameters, so the newest checkpoint (step "
+                f"{last[-1] if last else None}) holds the parameters of step {good}; lower the learning rate or "
+                f"check the data")
         else:
           counters["consecutive_nonfinite"] = 0
           if (train_cfg.spike_factor > 0 and len(history) >= history.maxlen
@@ -328,9 +330,15 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
         eval_loss = run_eval(step)
       checkpointer.wait()
       checkpointer.check_for_errors()
+  except BaseException:
+    try:  # let in-flight saves finish, but never hide the error that stopped training
+      checkpointer.close()
+    except Exception as close_error:  # pylint: disable=broad-except
+      logging.error("while stopping: %s", close_error)
+    raise
   finally:
-    checkpointer.close()
     logger.close()
+  checkpointer.close()
   return {"step": int(state.step), "eval_loss": eval_loss,
           "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
           "unigram_loss": pipeline.unigram_cross_entropy(corpus.train_tokens, corpus.valid_tokens,
