@@ -30,6 +30,14 @@ class ConfigBundle:
   optimizer: OptimizerConfig
   mesh: MeshConfig
   train: TrainConfig
+  model_vocab_bound: bool = False  # ModelConfig.vocab_size was set in gin (else the tokenizer decides)
+
+  def check_vocab(self) -> None:
+    """For training: a vocabulary bound on the model must be the one the tokenizer is trained to."""
+    if self.model_vocab_bound and self.model.vocab_size != self.data.vocab_size:
+      raise ValueError(f"ModelConfig.vocab_size={self.model.vocab_size} differs from the tokenizer's "
+                       f"DataConfig.vocab_size={self.data.vocab_size}; bind both to the same value (or drop the "
+                       f"ModelConfig binding to take the tokenizer's)")
 
 
 def _first_line(e: Exception) -> str:
@@ -55,8 +63,13 @@ def parse_and_build(gin_files: Sequence[str], bindings: Sequence[str]) -> Config
     built = {name: make() for name, make in _CONFIGURABLES.items()}
   except (TypeError, ValueError) as e:
     raise ValueError(f"bad configuration: {_first_line(e)}") from None
+  try:
+    gin.query_parameter("ModelConfig.vocab_size")
+    vocab_bound = True
+  except ValueError:
+    vocab_bound = False
   return ConfigBundle(model=built["ModelConfig"], data=built["DataConfig"], optimizer=built["OptimizerConfig"],
-                      mesh=built["MeshConfig"], train=built["TrainConfig"])
+                      mesh=built["MeshConfig"], train=built["TrainConfig"], model_vocab_bound=vocab_bound)
 
 
 def write_operative_config(workdir: str) -> str:

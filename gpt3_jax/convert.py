@@ -65,8 +65,13 @@ def import_hf(hf_dir: str, workdir: str, *, checkpoint: str = CHECKPOINT_NAME) -
 
 
 def load_workdir(workdir: str, *, checkpoint: str = CHECKPOINT_NAME):
-  """(ModelConfig, params as NumPy) from a directory written by `import_hf`."""
+  """(ModelConfig, params as NumPy) from a training run's newest checkpoint or a directory written by
+  `import_hf`."""
   workdir = os.path.abspath(workdir)
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    from gpt3_jax.inference import session
+    cfg, params, _ = session.restore_training_params(os.path.join(workdir, "checkpoints"))
+    return cfg, jax.tree.map(np.asarray, params)
   with open(os.path.join(workdir, CONFIG_NAME)) as f:
     cfg = ModelConfig(**json.load(f))
   checkpointer = ocp.StandardCheckpointer()

@@ -148,6 +148,7 @@ def run(argv: Sequence[str]) -> None:
     from gpt3_jax import quickstart_report
     from gpt3_jax.training import trainer
     configs.write_operative_config(FLAGS.workdir)
+    bundle.check_vocab()
     summary = trainer.train(bundle.model, bundle.data, bundle.optimizer, bundle.mesh, bundle.train, FLAGS.workdir)
     quickstart_report.print_summary(summary, bundle.train)
     return

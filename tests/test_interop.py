@@ -112,3 +112,16 @@ def test_unsupported_models_are_refused(changes, message):
     hf_gpt2.params_to_hf(cfg, {})
   with pytest.raises(ValueError, match="activation_function"):
     hf_gpt2.config_from_hf({"activation_function": "relu", "n_embd": 32, "n_head": 4})
+
+
+def test_export_of_a_training_run(tiny_text_dir, tiny_data_dir, tmp_path):
+  """`--to_hf` reads a training run's newest checkpoint: the exported model gives our logits in transformers."""
+  import tiny_configs as tc
+  from gpt3_jax.training import trainer
+  dense = tc.MODEL.replace(attention_pattern="dense")
+  workdir = str(tmp_path / "run")
+  trainer.train(dense, tc.data(tiny_text_dir, tiny_data_dir), tc.OPTIMIZER, tc.MESH, tc.train(train_steps=2), workdir)
+  convert.export_hf(workdir, str(tmp_path / "hf"))
+  cfg, params = convert.load_workdir(workdir)
+  ids = np.array([[1, 5, 17, 200, 3, 9, 44, 2]])
+  np.testing.assert_allclose(our_logits(cfg, params, ids), hf_logits(str(tmp_path / "hf"), ids), atol=ATOL, rtol=0)

@@ -88,6 +88,15 @@ def test_gin_errors_are_one_line():
     configs.parse_and_build(["gin_configs/models/nope.gin"], [])
 
 
+def test_model_vocab_must_match_tokenizer_vocab():
+  bundle = configs.parse_and_build(["gin_configs/models/small.gin"], ["DataConfig.vocab_size = 8192"])
+  with pytest.raises(ValueError, match="ModelConfig.vocab_size=50257 differs from the tokenizer's "
+                                       "DataConfig.vocab_size=8192"):
+    bundle.check_vocab()
+  configs.parse_and_build(["gin_configs/models/tiny.gin"], ["DataConfig.vocab_size = 8192"]).check_vocab()
+  configs.parse_and_build(["gin_configs/models/small.gin"], ["DataConfig.vocab_size = 50257"]).check_vocab()
+
+
 def _main(args, env_extra=None, timeout=240):
   env = dict(os.environ, **(env_extra or {}))
   return subprocess.run([sys.executable, "-m", "gpt3_jax.main", *args], capture_output=True, text=True,

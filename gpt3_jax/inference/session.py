@@ -40,7 +40,7 @@ class Session:
             for t, r in zip(texts, rows)]
 
 
-def _restore_training_params(ckpt_dir: str):
+def restore_training_params(ckpt_dir: str):
   manager = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data", "meta"))
   step = manager.latest_step()
   if step is None:
@@ -58,7 +58,7 @@ def _restore_training_params(ckpt_dir: str):
 def load(workdir: str, tokenizer_path: Optional[str] = None) -> Session:
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if os.path.isdir(ckpt_dir):
-    cfg, params, saved_tokenizer = _restore_training_params(ckpt_dir)
+    cfg, params, saved_tokenizer = restore_training_params(ckpt_dir)
   else:
     from gpt3_jax import convert
     if not os.path.exists(os.path.join(workdir, convert.CONFIG_NAME)):
