@@ -13,6 +13,7 @@ from typing import Sequence
 import gin
 
 from gpt3_jax.data.corpus import DataConfig
+from gpt3_jax.data.sources import SourceConfig
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.parallel.mesh import MeshConfig
 from gpt3_jax.training.optimizer import OptimizerConfig
@@ -21,6 +22,8 @@ from gpt3_jax.training.trainer import TrainConfig
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_CLASSES = {cls.__name__: cls for cls in (ModelConfig, DataConfig, OptimizerConfig, MeshConfig, TrainConfig)}
 _CONFIGURABLES = {name: gin.external_configurable(cls, name) for name, cls in CONFIG_CLASSES.items()}
+# Nested inside DataConfig.sources (scoped: `DataConfig.sources = (@web/SourceConfig(), ...)`), not built alone.
+gin.external_configurable(SourceConfig, "SourceConfig")
 
 
 @dataclasses.dataclass(frozen=True)

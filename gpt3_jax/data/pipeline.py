@@ -38,7 +38,7 @@ def _window(tokens: np.ndarray, index: int, seq_len: int) -> np.ndarray:
   return tokens[start:start + seq_len + 1]
 
 
-def _derived_seed(seed: int) -> int:
+def derived_seed(seed: int) -> int:
   """A 32-bit seed decorrelated from nearby user seeds (grain uses seed + epoch per epoch)."""
   return int(np.random.SeedSequence(seed).generate_state(1, dtype=np.uint32)[0])
 
@@ -46,7 +46,7 @@ def _derived_seed(seed: int) -> int:
 def window_index_dataset(num_windows_: int, *, global_batch_size: int, seed: int) -> grain.MapDataset:
   """Infinite MapDataset of global batches of window indices (int64 arrays of length global_batch_size)."""
   return (grain.MapDataset.range(num_windows_)
-          .shuffle(seed=_derived_seed(seed))
+          .shuffle(seed=derived_seed(seed))
           .repeat()
           .batch(global_batch_size, drop_remainder=True))
 

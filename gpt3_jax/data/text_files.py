@@ -5,9 +5,12 @@ expanded), fingerprints them (paths, sizes, mtimes, options) and prepares a TFDS
 `local_text_files` whose config name is that fingerprint: the same inputs are prepared once and reused
 from `data_dir`; changed inputs get a new config and are prepared again.
 
-Each example is one file: {'text': the UTF-8 text, 'path': its absolute path}. Files that are not valid
-UTF-8, and files with no non-whitespace character, are skipped; they are logged by name and listed in the
-dataset's metadata (`builder.info.metadata['skipped_invalid_utf8']`, `['skipped_empty']`).
+Each example is one document: {'text': the UTF-8 text, 'path': its file}: a whole text file, or one line of
+a .jsonl / .jsonl.gz file (its `text_field`; see `documents`). Text files that are not valid UTF-8, and files
+with no non-whitespace character, are skipped; they are logged by name and listed in the dataset's metadata
+(`builder.info.metadata['skipped_invalid_utf8']`, `['skipped_empty']`). Every skipped document (files and
+JSON lines) is counted by reason in `metadata['skipped_documents']`, the first few named in
+`['skipped_examples']`. A text file over `max_document_bytes` is an error naming it.
 
 The train/validation split is by file: the SHA-256 of a file's key (its path relative to the parent of the
 directory it was found in, or to the fixed prefix of its glob) maps to a fraction in [0, 1); the file is a
@@ -31,7 +34,9 @@ from typing import Iterator, Optional, Sequence, Union
 from absl import logging
 import tensorflow_datasets as tfds
 
-DEFAULT_EXTENSIONS = (".txt", ".py", ".md")
+from gpt3_jax.data import documents
+
+DEFAULT_EXTENSIONS = (".txt", ".py", ".md", ".jsonl", ".jsonl.gz")
 DATASET_NAME = "local_text_files"
 _FORMAT_VERSION = 1  # Bump when the generated examples change for the same inputs.
 _MAX_LOGGED_NAMES = 20
@@ -149,12 +154,16 @@ def find_files(paths: PathsArg,
   return files
 
 
-def fingerprint(files: Sequence[SourceFile], extensions: Sequence[str], validation_fraction: float) -> str:
+def fingerprint(files: Sequence[SourceFile], extensions: Sequence[str], validation_fraction: float,
+                text_field: str = "text",
+                max_document_bytes: int = documents.DEFAULT_MAX_DOCUMENT_BYTES) -> str:
   """A hex digest identifying the inputs (paths, keys, sizes, mtimes) and the options."""
   payload = {
       "format": _FORMAT_VERSION,
       "extensions": list(extensions),
       "validation_fraction": validation_fraction,
+      "text_field": text_field,
+      "max_document_bytes": max_document_bytes,
       "files": [[f.path, f.key, f.size, f.mtime_ns] for f in files],
   }
   return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -184,17 +193,12 @@ def split_files(files: Sequence[SourceFile],
   return sorted(train, key=lambda f: f.path), sorted(valid, key=lambda f: f.path)
 
 
-def _read_text(path: str) -> tuple[str | None, str]:
-  """Returns (text, status) with status 'ok', 'invalid_utf8' or 'empty' (text is None unless 'ok')."""
-  with open(path, "rb") as f:
-    data = f.read()
-  try:
-    text = data.decode("utf-8")
-  except UnicodeDecodeError:
-    return None, "invalid_utf8"
-  if not text.strip():
-    return None, "empty"
-  return text, "ok"
+def _status(f: SourceFile, max_document_bytes: int) -> str:
+  """'ok', 'invalid_utf8' or 'empty' for a text file; always 'ok' for JSON Lines (judged per line)."""
+  if documents.is_jsonl(f.path):
+    return "ok"
+  doc = next(documents.read_documents(f.path, max_document_bytes=max_document_bytes))
+  return "ok" if isinstance(doc, documents.Document) else doc.reason
 
 
 class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
@@ -207,20 +211,27 @@ class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
   code_path = None
 
   def __init__(self, *, files: Sequence[SourceFile], validation_fraction: float = 0.02,
-               extensions: Sequence[str] = DEFAULT_EXTENSIONS, **kwargs):
+               extensions: Sequence[str] = DEFAULT_EXTENSIONS, text_field: str = "text",
+               max_document_bytes: int = documents.DEFAULT_MAX_DOCUMENT_BYTES, **kwargs):
     """Creates the builder.
 
     Args:
       files: the input files (from `find_files`).
       validation_fraction: expected fraction of files in the validation split.
       extensions: the extensions used to find `files` (part of the fingerprint).
+      text_field: the JSON field holding the text of .jsonl / .jsonl.gz lines.
+      max_document_bytes: a larger text file is an error, a larger JSON line is skipped and counted.
       **kwargs: passed to `tfds.core.GeneratorBasedBuilder` (data_dir, file_format). `config` defaults to
         one named after the inputs' fingerprint.
     """
     self._files = list(files)
     self._validation_fraction = validation_fraction
+    self._text_field = text_field
+    self._max_document_bytes = max_document_bytes
+    self._skipped: dict[str, int] = {}
+    self._skipped_examples: list[str] = []
     if "config" not in kwargs:
-      digest = fingerprint(self._files, extensions, validation_fraction)
+      digest = fingerprint(self._files, extensions, validation_fraction, text_field, max_document_bytes)
       kwargs["config"] = tfds.core.BuilderConfig(
           name=f"fp{digest[:20]}", version=self.VERSION,
           description=f"{len(self._files)} files, validation_fraction={validation_fraction}")
@@ -240,10 +251,11 @@ class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
+    for f in self._files:
+      documents.check_size(f.path, f.size, self._max_document_bytes)
     usable, invalid, empty = [], [], []
     for f in self._files:
-      _, status = _read_text(f.path)
-      {"ok": usable, "invalid_utf8": invalid, "empty": empty}[status].append(f)
+      {"ok": usable, "invalid_utf8": invalid, "empty": empty}[_status(f, self._max_document_bytes)].append(f)
     for kind, skipped in (("not valid UTF-8", invalid), ("empty", empty)):
       if skipped:
         names = ", ".join(f.path for f in skipped[:_MAX_LOGGED_NAMES])
@@ -252,9 +264,13 @@ class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
     if not usable:
       raise ValueError(f"All {len(self._files)} input files are empty or not UTF-8; pass text files.")
     train, valid = split_files(usable, self._validation_fraction)
+    for f in invalid + empty:
+      self._skip(documents.Skipped(f.path, "invalid_utf8" if f in invalid else "empty"))
     self.info.metadata.update({
         "skipped_invalid_utf8": [f.path for f in invalid],
         "skipped_empty": [f.path for f in empty],
+        "skipped_documents": self._skipped,
+        "skipped_examples": self._skipped_examples,
         "num_train_files": len(train),
         "num_validation_files": len(valid),
     })
@@ -262,27 +278,40 @@ class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
     splits = {"train": train, "validation": valid}
     return {name: self._generate_examples(f) for name, f in splits.items() if f}  # TFDS: no empty split.
 
+  def _skip(self, skipped: documents.Skipped) -> None:
+    """Counts a skipped document in the metadata (updated in place, written after generation)."""
+    self._skipped[skipped.reason] = self._skipped.get(skipped.reason, 0) + 1
+    if len(self._skipped_examples) < _MAX_LOGGED_NAMES:
+      self._skipped_examples.append(f"{skipped.key} ({skipped.reason})")
+
   def _generate_examples(self, files: Sequence[SourceFile]):
     for f in files:
-      text, status = _read_text(f.path)
-      if status != "ok":  # Changed since the scan; the fingerprint is stale but never emit bad text.
-        logging.warning("Skipped %s: %s while preparing.", f.path, status)
-        continue
-      yield f.path, {"text": text, "path": f.path}
+      for doc in documents.read_documents(f.path, text_field=self._text_field,
+                                          max_document_bytes=self._max_document_bytes):
+        if isinstance(doc, documents.Skipped):
+          if not documents.is_jsonl(f.path):  # Changed since the scan: never emit bad text.
+            logging.warning("Skipped %s: %s while preparing.", f.path, doc.reason)
+          self._skip(doc)
+          continue
+        yield doc.key, {"text": doc.text, "path": f.path}
 
 
 def prepare_text_files(paths: PathsArg, data_dir: str, *,
                        extensions: Optional[Sequence[str]] = DEFAULT_EXTENSIONS,
-                       validation_fraction: float = 0.02) -> LocalTextFiles:
+                       validation_fraction: float = 0.02, text_field: str = "text",
+                       max_document_bytes: int = documents.DEFAULT_MAX_DOCUMENT_BYTES) -> LocalTextFiles:
   """Finds the files, prepares (or reuses) the TFDS dataset in `data_dir` and returns its builder.
 
   Raises:
-    ValueError: a path does not exist or matches no files, or no file is usable text.
+    ValueError: a path does not exist or matches no files, a text file exceeds max_document_bytes, or no
+      file is usable text.
   """
   extensions = DEFAULT_EXTENSIONS if extensions is None else tuple(extensions)
   files = find_files(paths, extensions)
-  builder = LocalTextFiles(files=files, validation_fraction=validation_fraction,
-                           extensions=extensions, data_dir=data_dir)
+  for f in files:  # Before TFDS starts a preparation it would abandon.
+    documents.check_size(f.path, f.size, max_document_bytes)
+  builder = LocalTextFiles(files=files, validation_fraction=validation_fraction, extensions=extensions,
+                           text_field=text_field, max_document_bytes=max_document_bytes, data_dir=data_dir)
   if os.path.exists(os.path.join(os.fspath(builder.data_dir), "dataset_info.json")):
     logging.info("Reusing prepared text files at %s", builder.data_dir)
   else:

@@ -10,7 +10,9 @@ document delimiter of the packed token stream. Text containing the literal strin
 encoded as ordinary pieces, so documents cannot forge a delimiter; `decode` renders the EOT id as the
 literal string.
 
-CLI: python -m gpt3_jax.data.tokenizer --paths=DIR --model_path=/tmp/t.model --vocab_size=8192
+CLI (trains on a weighted sample of the configured sources; flags override the gin DataConfig):
+  python -m gpt3_jax.data.tokenizer --gin_file=gin_configs/data/gpt3_mixture.gin --vocab_size=50304
+  python -m gpt3_jax.data.tokenizer --paths=DIR --model_path=/tmp/t.model --vocab_size=8192
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def _training_sentences(texts: Iterable[str], max_chars: int | None) -> Iterator
 
 def train_tokenizer(texts: Iterable[str], model_path: str, *, vocab_size: int,
                     character_coverage: float = 1.0, max_chars: int | None = 20_000_000,
-                    num_threads: int | None = None) -> Tokenizer:
+                    num_threads: int | None = None, byte_fallback: bool = True,
+                    special_tokens: Sequence[str] = (), split_digits: bool = False) -> Tokenizer:
   """Trains a BPE model on `texts` and writes it atomically to `model_path`; reuses an existing one.
 
   Args:
@@ -126,6 +129,11 @@ def train_tokenizer(texts: Iterable[str], model_path: str, *, vocab_size: int,
     character_coverage: fraction of characters that get their own piece (the rest use byte fallback).
     max_chars: cap on training characters (None: no cap). ~20M characters train in seconds.
     num_threads: training threads (default: all CPUs).
+    byte_fallback: spell characters outside the vocabulary as UTF-8 byte pieces (lossless). Without it
+      they become <unk> and `decode(encode(s)) == s` no longer holds.
+    special_tokens: extra pieces kept whole and never split or merged (e.g. '<|fim_prefix|>'); unlike
+      EOT, text containing them encodes to their ids.
+    split_digits: split numbers into single digits (as LLaMA does); off by default like GPT-2/3.
 
   Returns:
     The tokenizer.
@@ -144,13 +152,13 @@ def train_tokenizer(texts: Iterable[str], model_path: str, *, vocab_size: int,
         model_type="bpe",
         vocab_size=vocab_size,
         character_coverage=character_coverage,
-        byte_fallback=True,
+        byte_fallback=byte_fallback,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
         add_dummy_prefix=False,
         allow_whitespace_only_pieces=True,
-        split_digits=False,
-        user_defined_symbols=[NEWLINE_PIECE],
+        split_digits=split_digits,
+        user_defined_symbols=[NEWLINE_PIECE, *special_tokens],
         control_symbols=[EOT_PIECE],
         unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
         max_sentence_length=TRAIN_CHUNK_BYTES * 2,
@@ -164,30 +172,40 @@ def train_tokenizer(texts: Iterable[str], model_path: str, *, vocab_size: int,
 
 def _main(argv: Sequence[str]) -> None:
   del argv
-  from gpt3_jax.data import text_files  # pylint: disable=g-import-not-at-top
-  paths = FLAGS.paths or text_files.default_corpus_paths()
-  extensions = FLAGS.extensions or (text_files.default_corpus_extensions() if not FLAGS.paths
-                                    else text_files.DEFAULT_EXTENSIONS)
-  files = text_files.find_files(paths, extensions)
-
-  def texts():
-    for f in files:
-      with open(f.path, "rb") as fh:
-        try:
-          yield fh.read().decode("utf-8")
-        except UnicodeDecodeError:
-          continue
-
-  tok = train_tokenizer(texts(), FLAGS.model_path, vocab_size=FLAGS.vocab_size)
-  logging.info("Tokenizer %s: vocab %d, eot %d", FLAGS.model_path, tok.vocab_size, tok.eot_id)
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from gpt3_jax.data import corpus  # pylint: disable=g-import-not-at-top
+  if FLAGS.gin_file or FLAGS.gin:
+    from gpt3_jax import configs  # pylint: disable=g-import-not-at-top
+    cfg = configs.parse_and_build(FLAGS.gin_file, FLAGS.gin).data
+  else:
+    cfg = corpus.DataConfig()
+  overrides = {"paths": tuple(FLAGS.paths), "extensions": tuple(FLAGS.extensions) or None,
+               "vocab_size": FLAGS.vocab_size, "character_coverage": FLAGS.character_coverage,
+               "byte_fallback": FLAGS.byte_fallback, "special_tokens": tuple(FLAGS.special_tokens),
+               "split_digits": FLAGS.split_digits, "tokenizer_train_chars": FLAGS.train_chars,
+               "data_dir": FLAGS.data_dir}
+  cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items()
+                                    if FLAGS[{"tokenizer_train_chars": "train_chars"}.get(k, k)].present})
+  tok, path = corpus.train_corpus_tokenizer(cfg, FLAGS.model_path)
+  logging.info("Tokenizer %s: vocab %d, eot %d", path, tok.vocab_size, tok.eot_id)
+  print(path)
 
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_list("paths", [], "Files, directories or globs (default: the stdlib corpus).")
+  flags.DEFINE_multi_string("gin_file", [], "gin files whose DataConfig names the sources to sample.")
+  flags.DEFINE_multi_string("gin", [], "Extra gin bindings.")
+  flags.DEFINE_list("paths", [], "Files, directories or globs (a single text_files source; default: gin, "
+                    "else the stdlib corpus).")
   flags.DEFINE_list("extensions", [], "File extensions to include.")
-  flags.DEFINE_string("model_path", None, "Where to write the SentencePiece model.", required=True)
-  flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size.")
+  flags.DEFINE_string("model_path", None, "Where to write the model (default: under the data_dir cache).")
+  flags.DEFINE_string("data_dir", None, "Cache directory for prepared text.")
+  flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size, all special and byte pieces included.")
+  flags.DEFINE_float("character_coverage", 1.0, "Fraction of characters with a piece of their own.")
+  flags.DEFINE_bool("byte_fallback", True, "Spell unknown characters as UTF-8 bytes (lossless).")
+  flags.DEFINE_list("special_tokens", [], "Extra special pieces, e.g. <|fim_prefix|>,<|fim_suffix|>.")
+  flags.DEFINE_bool("split_digits", False, "Split numbers into digits.")
+  flags.DEFINE_integer("train_chars", 20_000_000, "Characters sampled (split over sources by weight).")
   FLAGS = flags.FLAGS
   app.run(_main)

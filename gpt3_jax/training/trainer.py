@@ -15,7 +15,6 @@ from absl import logging
 
 from gpt3_jax.data import corpus as corpus_lib
 from gpt3_jax.data import pipeline
-from gpt3_jax.data import text_files
 from gpt3_jax.model import attention
 from gpt3_jax.model.config import ModelConfig, flops_per_token
 from gpt3_jax.parallel import hardware
@@ -96,8 +95,7 @@ def validate(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, mesh_cfg: 
                      f"lower TrainConfig.seq_len or raise ModelConfig.n_ctx")
   if train_cfg.train_steps <= 0:
     raise ValueError(f"train_steps must be positive, got {train_cfg.train_steps}")
-  text_files.find_files(data_cfg.paths or text_files.default_corpus_paths(),
-                        data_cfg.extensions if data_cfg.paths else text_files.default_corpus_extensions())
+  corpus_lib.check_sources(data_cfg)
   _check_workdir(workdir)
   return mesh
 
@@ -171,19 +169,23 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
                    granularity=mesh_lib.data_parallel_size(mesh) * train_cfg.num_microbatches)
 
   corpus = corpus_lib.prepare_corpus(data_cfg)
-  model_cfg = model_cfg.replace(vocab_size=corpus.tokenizer.vocab_size)
+  model_cfg = model_cfg.replace(vocab_size=corpus.vocab_size)
   tx = optimizer_lib.make_optimizer(opt_cfg)
   meta = {"model_config": dataclasses.asdict(model_cfg), "global_batch_size": train_cfg.global_batch_size,
           "base_batch": ramp.base_batch, "seq_len": seq_len, "seed": train_cfg.seed,
-          "tokenizer_path": corpus.tokenizer_path}
-  check_meta = lambda saved: check_compatible(saved, model_cfg, train_cfg, seq_len, ramp.base_batch)
+          "tokenizer_path": corpus.tokenizer_path, "data_fingerprint": corpus.fingerprint}
+
+  def check_meta(saved):
+    check_compatible(saved, model_cfg, train_cfg, seq_len, ramp.base_batch)
+    if saved.get("data_fingerprint", corpus.fingerprint) != corpus.fingerprint:
+      raise ValueError("the checkpoint's data position belongs to other data (sources, token counts or weights "
+                       "changed); resume with the same DataConfig or use a new --workdir")
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), CheckpointConfig(
       every_steps=train_cfg.checkpoint_every, keep=train_cfg.keep_checkpoints,
       async_save=train_cfg.async_checkpointing))
-  data_iter = pipeline.train_iterator(corpus.train_tokens, seq_len=seq_len, global_batch_size=ramp.base_batch,
-                                      seed=train_cfg.seed, process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+  data_mixture = corpus.mixture(seq_len=seq_len, global_batch_size=ramp.base_batch, seed=train_cfg.seed)
+  data_iter = data_mixture.iterator(process_index=jax.process_index(), process_count=jax.process_count())
   feed = _DataFeed(data_iter, mesh, ramp.base_batch)
   logger = MetricsLogger(workdir, enabled=primary, total_steps=train_cfg.train_steps)
   flops_token = flops_per_token(model_cfg, seq_len)
@@ -262,7 +264,8 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
           tokens_s = window["tokens"] / elapsed if elapsed > 0 else 0.0
           values.update(learning_rate=lr, batch_size=float(batch_size), tokens_per_s=tokens_s,
                         mfu=tokens_s * flops_token / peak_total if peak_total else 0.0,
-                        tokens_seen=float(ramp.tokens_before(done)), skipped_steps=float(counters["skipped_steps"]))
+                        tokens_seen=float(ramp.tokens_before(done)), skipped_steps=float(counters["skipped_steps"]),
+                        **data_mixture.metrics(data_iter.get_state()["next_index"]))
           logger.write(done, values)
           logger.progress(done, values)
           window.update(start=time.perf_counter(), tokens=0)
@@ -342,6 +345,6 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
   return {"step": int(state.step), "eval_loss": eval_loss,
           "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
           "unigram_loss": pipeline.unigram_cross_entropy(corpus.train_tokens, corpus.valid_tokens,
-                                                         corpus.tokenizer.vocab_size),
+                                                         corpus.vocab_size),
           "compile_seconds": compile_s, "model_config": model_cfg, "state": state, "tokenizer": corpus.tokenizer,
           "preempted": preempted, **counters}
