@@ -176,3 +176,19 @@ def test_sequence_longer_than_position_table_is_an_error():
   cfg = ModelConfig(vocab_size=64, n_ctx=8, d_model=16, n_layers=2, n_heads=2, d_head=8)
   with pytest.raises(ValueError, match="exceeds the position table n_ctx=8"):
     jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 9), jnp.int32)))
+
+
+def test_scan_unroll_keeps_params_and_logits():
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from gpt3_jax.model.config import ModelConfig
+  from gpt3_jax.model.transformer import GPT
+  cfg = ModelConfig(vocab_size=64, n_ctx=16, d_model=16, n_layers=4, n_heads=2, d_head=8,
+                    attention_pattern="alternating", local_window=4)
+  tokens = jnp.arange(32).reshape(2, 16) % 64
+  params = GPT(cfg).init(jax.random.key(0), tokens)
+  unrolled = cfg.replace(scan_unroll=4)
+  assert jax.tree.map(jnp.shape, GPT(unrolled).init(jax.random.key(0), tokens)) == jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(GPT(unrolled).apply(params, tokens), GPT(cfg).apply(params, tokens), rtol=1e-6,
+                             atol=1e-6)

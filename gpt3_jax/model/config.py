@@ -40,6 +40,8 @@ class ModelConfig:
     dtype: compute dtype name ("float32" or "bfloat16"); parameters are always float32.
     remat_policy: one of REMAT_POLICIES; "none" disables rematerialization.
     scan_layers: scan over the layer stack (one compiled body); False unrolls (for debugging).
+    scan_unroll: layers per scan iteration (params keep their stacked layout). 1 keeps compile time flat in
+      depth; on CPU, unrolling the whole stack removes the loop's per-layer slicing overhead (~10% of a step).
   """
 
   vocab_size: int = 50257
@@ -57,6 +59,7 @@ class ModelConfig:
   dtype: str = "float32"
   remat_policy: str = "none"
   scan_layers: bool = True
+  scan_unroll: int = 1
 
   def __post_init__(self):
     checks = [
@@ -71,6 +74,7 @@ class ModelConfig:
          f"remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}"),
         (self.dtype in ("float32", "bfloat16", "float16"), f"dtype={self.dtype!r}; use float32 or bfloat16"),
         (self.local_window > 0, f"local_window must be positive, got {self.local_window}"),
+        (self.scan_unroll >= 1, f"scan_unroll must be >= 1, got {self.scan_unroll}"),
         (self.attention_pattern != "alternating" or self.n_layers % 2 == 0,
          f"attention_pattern='alternating' needs an even n_layers (dense/local pairs), got {self.n_layers}"),
     ]

@@ -131,7 +131,8 @@ class GPT(nn.Module):
     if cfg.scan_layers:
       self.layers = nn.scan(
           unit, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
-          length=num_units(cfg), metadata_params={nn.PARTITION_NAME: "layers"})(
+          length=num_units(cfg), unroll=min(cfg.scan_unroll, num_units(cfg)),
+          metadata_params={nn.PARTITION_NAME: "layers"})(
               cfg, self.decode, name="layers")
     else:
       self.layers = [unit(cfg, self.decode, name=f"layers_{i}") for i in range(num_units(cfg))]
