@@ -70,8 +70,11 @@ def cudnn_attention(q, k, v, *, window: Optional[int]):
                                       implementation="cudnn")
 
 
-def splash_attention(q, k, v, *, window: Optional[int]):
-  """Pallas splash attention (TPU): block-sparse kernel that skips blocks outside the causal band."""
+def splash_attention(q, k, v, *, window: Optional[int], interpret: bool = False):
+  """Pallas splash attention (TPU): block-sparse kernel that skips blocks outside the causal band.
+
+  `interpret=True` runs the same Pallas kernel in the interpreter on any backend (how the tests check it on CPU).
+  """
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -80,7 +83,8 @@ def splash_attention(q, k, v, *, window: Optional[int]):
     mask = sm.CausalMask(shape=(t, t))
   else:
     mask = sm.LocalMask(shape=(t, t), window_size=(window - 1, 0), offset=0)
-  kernel = sk.make_splash_mha(mask=sm.MultiHeadMask([mask] * h), head_shards=1, q_seq_shards=1)
+  kernel = sk.make_splash_mha(mask=sm.MultiHeadMask([mask] * h), head_shards=1, q_seq_shards=1,
+                               interpret=interpret)
   # splash works on [H, T, D] per example; fold the 1/sqrt(d) scale into q.
   qh = jnp.swapaxes(q, 1, 2) * (d ** -0.5)
   out = jax.vmap(kernel)(qh, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2))
