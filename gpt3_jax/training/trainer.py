@@ -161,6 +161,7 @@ class _DataFeed:
 def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: optimizer_lib.OptimizerConfig,
           mesh_cfg: mesh_lib.MeshConfig, train_cfg: TrainConfig, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) in `workdir` and returns a summary of the final evaluation."""
+  workdir = os.path.abspath(workdir)  # orbax needs absolute paths
   mesh = validate(model_cfg, data_cfg, mesh_cfg, train_cfg, workdir)
   primary = jax.process_index() == 0
   seq_len = train_cfg.seq_len or model_cfg.n_ctx
@@ -216,6 +217,7 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
           t0 = time.perf_counter()
           compiled[batch_size] = step_fn.lower(state, spec, np.float32(0)).compile()
           compile_s += time.perf_counter() - t0
+          window["excluded"] += time.perf_counter() - t0  # compilation is not throughput
           if primary:
             logging.info("train step for batch %d compiled in %.1fs", batch_size, time.perf_counter() - t0)
         return compiled[batch_size]
@@ -234,7 +236,8 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
 
       counters = {"skipped_steps": 0, "spike_recoveries": 0, "consecutive_nonfinite": 0}
       history: collections.deque = collections.deque(maxlen=max(1, train_cfg.spike_window))
-      window = {"start": time.perf_counter(), "tokens": 0}
+      # Throughput between two logged steps: tokens of the steps in between over wall time, evaluation excluded.
+      window = {"start": time.perf_counter(), "step": int(state.step), "excluded": 0.0}
       eval_loss, preempted = None, False
 
       def inspect(done: int, metrics, lr: float, batch_size: int) -> Optional[int]:
@@ -260,15 +263,16 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
             return done
           history.append(values["loss"])
         if done % train_cfg.log_every == 0 or done == train_cfg.train_steps:
-          elapsed = time.perf_counter() - window["start"]
-          tokens_s = window["tokens"] / elapsed if elapsed > 0 else 0.0
+          elapsed = time.perf_counter() - window["start"] - window["excluded"]
+          tokens = ramp.tokens_before(done) - ramp.tokens_before(window["step"])
+          tokens_s = tokens / elapsed if elapsed > 0 else 0.0
           values.update(learning_rate=lr, batch_size=float(batch_size), tokens_per_s=tokens_s,
                         mfu=tokens_s * flops_token / peak_total if peak_total else 0.0,
                         tokens_seen=float(ramp.tokens_before(done)), skipped_steps=float(counters["skipped_steps"]),
                         **data_mixture.metrics(data_iter.get_state()["next_index"]))
           logger.write(done, values)
           logger.progress(done, values)
-          window.update(start=time.perf_counter(), tokens=0)
+          window.update(start=time.perf_counter(), step=done, excluded=0.0)
         return None
 
       def recover(spike_step: int, loss: float) -> int:
@@ -288,6 +292,7 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
         skip = train_cfg.spike_skip_batches * (ramp.batch_size(step) // ramp.base_batch)
         feed.skip(skip)
         history.clear()
+        window.update(start=time.perf_counter(), step=step, excluded=0.0)
         event = {"spike_step": float(spike_step), "loss": loss, "restored_step": float(step),
                  "skipped_batches": float(train_cfg.spike_skip_batches)}
         logger.write(spike_step, event, prefix="event")
@@ -304,7 +309,6 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
           lr = float(optimizer_lib.learning_rate_at_tokens(opt_cfg, ramp.tokens_before(step)))
           state, metrics = compiled_step(batch_size)(state, feed.next(batch_size), np.float32(lr))
           step += 1
-          window["tokens"] += batch_size * seq_len
           dispatched = (step, metrics, lr, batch_size)
         if pending is not None:
           spike = inspect(*pending)
@@ -316,8 +320,9 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
           break
         checkpointer.check_for_errors()
         if step % train_cfg.eval_every == 0 or step == train_cfg.train_steps:
+          eval_start = time.perf_counter()
           eval_loss = run_eval(step)
-          window.update(start=time.perf_counter(), tokens=0)  # keep evaluation out of the throughput
+          window["excluded"] += time.perf_counter() - eval_start  # keep evaluation out of the throughput
         if checkpointer.due(step) or step == train_cfg.train_steps:
           checkpointer.save(step, state, data_iter.get_state(), meta)
         if watcher.should_stop():
