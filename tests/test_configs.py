@@ -91,3 +91,12 @@ def test_plan_mode_json():
   report = json.loads(out.stdout.strip().splitlines()[-1])
   assert report["params"] == pytest.approx(174_600e6, rel=0.01)
   assert {"params", "non_embedding_params", "flops_per_token"} <= set(report)
+
+
+@pytest.mark.parametrize("model", ["small", "175b"])
+@pytest.mark.parametrize("data", ["gpt3_mixture", "nanogpt_tokens"])
+def test_paper_models_combine_with_shipped_data_configs(model, data):
+  """A paper-size model file with a shipped data file passes the training vocabulary check."""
+  bundle = configs.parse_and_build([f"gin_configs/models/{model}.gin", f"gin_configs/data/{data}.gin"], [])
+  bundle.check_vocab()
+  assert bundle.model.padded_vocab_size == 50304

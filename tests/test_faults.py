@@ -180,31 +180,10 @@ def test_ramp_run_consumes_the_stream_once_with_lr_by_tokens(inject, tiny_text_d
   trainer.train(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), tc.OPTIMIZER, tc.MESH,
                 tc.train(train_steps=8, eval_every=100, **ramp_cfg), str(tmp_path))
   seen = calls["fed"]
-  ramp = batch_ramp.BatchRamp(full_batch=8, seq_len=32)
-  assert ramp.stages == [8] and ramp.batch_size(100) == 8 and ramp.tokens_before(100) == 100 * 8 * 32
-
-
-def test_ramp_run_consumes_the_stream_once_with_lr_by_tokens(inject, tiny_text_dir, tiny_data_dir, tmp_path):
-  ramp_cfg = dict(batch_ramp_tokens=512, batch_ramp_start_tokens=64)  # 2 -> 4 -> 8 sequences of 32 tokens
-  seen = []
-  original = trainer._DataFeed.next
-
-  def spy(self, batch_size):
-    batch = original(self, batch_size)
-    seen.append(np.asarray(batch))
-    return batch
-
-  inject({})
-  trainer._DataFeed.next, restore = spy, trainer._DataFeed.next
-  try:
-    trainer.train(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), tc.OPTIMIZER, tc.MESH,
-                  tc.train(train_steps=8, **ramp_cfg), str(tmp_path))
-  finally:
-    trainer._DataFeed.next = restore
   ramp = batch_ramp.BatchRamp(full_batch=8, seq_len=32, ramp_tokens=ramp_cfg["batch_ramp_tokens"],
                               start_tokens=64)
   assert [b.shape[0] for b in seen] == [ramp.batch_size(s) for s in range(8)]
-  assert len({b.shape[0] for b in seen}) >= 3  # it really ramps: 2, 4, 8
+  assert [b.shape[0] for b in seen] == [2, 2, 2, 4, 4, 4, 8, 8]  # it really ramps, in three stages
   # Exactly once: the rows fed are the first windows of an unramped stream with base batch 2, in order.
   from gpt3_jax.data import corpus as corpus_lib, pipeline
   corpus = corpus_lib.prepare_corpus(tc.data(tiny_text_dir, tiny_data_dir))
@@ -212,7 +191,29 @@ def test_ramp_run_consumes_the_stream_once_with_lr_by_tokens(inject, tiny_text_d
   expected = np.concatenate([next(stream) for _ in range(sum(b.shape[0] for b in seen) // 2)])
   np.testing.assert_array_equal(np.concatenate(seen), expected)
   rows = _rows(str(tmp_path))
+  assert [r["step"] for r in rows] == list(range(1, 9))
   for row in rows:
     assert row["tokens_seen"] == ramp.tokens_before(row["step"])
+    assert row["batch_size"] == ramp.batch_size(row["step"] - 1)
     assert row["learning_rate"] == pytest.approx(
         float(opt_lib.learning_rate_at_tokens(tc.OPTIMIZER, ramp.tokens_before(row["step"] - 1))))
+
+
+def test_restore_errors_that_are_not_damage_move_nothing(tmp_path):
+  """Every checkpoint failing (here: a target of another structure) is raised, not taken for damage; a newer
+  checkpoint failing while an older one restores is damage and is set aside."""
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), checkpointing.CheckpointConfig(async_save=False))
+  tree = {"w": np.arange(4096, dtype=np.float32)}
+  for step in (1, 2):
+    ckpt.save(step, jax.tree.map(lambda x: x * step, tree), {"next_index": step}, {"step": step})
+  wrong = {"w": jax.ShapeDtypeStruct((7,), np.float32), "extra": jax.ShapeDtypeStruct((2,), np.float32)}
+  with pytest.raises(checkpointing.CheckpointRestoreError, match="no checkpoint .* restores"):
+    ckpt.restore_newest_good(wrong)
+  assert ckpt.all_steps() == [1, 2] and not (tmp_path / "checkpoints_damaged").exists()
+  target = {"w": jax.ShapeDtypeStruct((4096,), np.float32)}
+  fault_injection.damage_newest_checkpoint(str(tmp_path))
+  step, state, data_state, _ = ckpt.restore_newest_good(target)
+  assert step == 1 and data_state == {"next_index": 1}
+  np.testing.assert_array_equal(state["w"], tree["w"])
+  assert ckpt.all_steps() == [1] and len(os.listdir(tmp_path / "checkpoints_damaged")) == 1
+  ckpt.close()

@@ -71,3 +71,22 @@ def test_equals_optax_adamw():
     p_ours = optax.apply_updates(p_ours, opt.apply_learning_rate(u_ours, 1e-3))
   for key in params:
     np.testing.assert_allclose(p_ours[key], p_ref[key], rtol=1e-6)
+
+
+def test_decay_mask_on_the_real_model():
+  """On the GPT parameter tree: exactly the four weight matrices of every block decay; embeddings, biases and
+  LayerNorms do not. Counts: decayed = n_layers * (d*3a + a*d + d*f + f*d)."""
+  import flax.linen as nn
+  from gpt3_jax.model.config import ModelConfig
+  from gpt3_jax.training import train_state
+  cfg = ModelConfig(vocab_size=100, n_ctx=16, d_model=24, n_layers=4, n_heads=2, d_head=8,
+                    attention_pattern="alternating", local_window=4)
+  shapes = jax.eval_shape(lambda r: nn.unbox(train_state.init_params_fn(cfg)(r)), jax.random.key(0))
+  mask = opt.decay_mask(shapes)
+  decayed = {jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(mask) if m}
+  assert decayed == {f"['layers']['{kind}']['{sub}']['{name}']" for kind in ("dense", "local")
+                     for sub, name in (("attention", "qkv_kernel"), ("attention", "out_kernel"),
+                                       ("mlp", "in_kernel"), ("mlp", "out_kernel"))}
+  sizes = [np.prod(x.shape) for x, m in zip(jax.tree.leaves(shapes), jax.tree.leaves(mask)) if m]
+  d, a, f = 24, 16, 96
+  assert sum(sizes) == 4 * (d * 3 * a + a * d + d * f + f * d)

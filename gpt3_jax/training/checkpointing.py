@@ -30,6 +30,17 @@ class CheckpointWriteError(RuntimeError):
   """A checkpoint could not be written: training stops instead of running on without checkpoints."""
 
 
+class CheckpointRestoreError(RuntimeError):
+  """No checkpoint of the workdir could be restored (nothing was moved or overwritten)."""
+
+
+def _all_processes(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  import numpy as np
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
 class Checkpointer:
   """Saves every `every_steps` steps (and when forced), keeps the last `keep`, restores the latest."""
 
@@ -70,27 +81,45 @@ class Checkpointer:
       raise CheckpointWriteError(f"a checkpoint save in {self.directory} failed: {e}") from e
 
   def restore_newest_good(self, abstract_state: Any, *, check_meta=None, below: Optional[int] = None):
-    """(step, state, data_state, meta) of the newest checkpoint (with step < `below`) that restores; damaged
-    ones are moved to <dir>_damaged/ with a warning naming them. None when there is none.
+    """(step, state, data_state, meta) of the newest checkpoint (with step < `below`) that restores; None when
+    there is no checkpoint.
 
+    A checkpoint that fails to restore while an older one restores is damaged (truncated or deleted files): it
+    is moved to <dir>_damaged/ with a warning naming it. When every checkpoint fails, the error is raised and
+    nothing is moved (out of memory, a storage outage or a changed state structure are not damage).
     `check_meta(meta)` runs before any array is read and may raise to refuse an incompatible checkpoint; that
-    error propagates (the checkpoint is not damaged, the configuration differs) and nothing is moved.
+    error propagates and nothing is moved. With several processes, all of them agree on every attempt.
     """
+    failed = []
     for step in reversed(self.all_steps()):
       if below is not None and step >= below:
         continue
       try:
-        meta = self.restore_meta(step)
-      except Exception as e:  # unreadable metadata: damaged
-        self._set_aside(step, e)
+        meta, meta_error = self.restore_meta(step), None
+      except Exception as e:  # unreadable metadata
+        meta, meta_error = None, e
+      if not _all_processes(meta_error is None):
+        failed.append((step, meta_error or RuntimeError("metadata unreadable on another process")))
         continue
       if check_meta is not None:
         check_meta(meta)
       try:
         state, data_state, meta = self.restore(abstract_state, step)
+        ok = True
+      except Exception as e:  # truncated / deleted array files, or not damage at all: decided below
+        failed.append((step, e))
+        ok = False
+      if _all_processes(ok):
+        for bad_step, error in failed:
+          self._set_aside(bad_step, error)
         return step, state, data_state, meta
-      except Exception as e:  # truncated / deleted array files: skip to the previous checkpoint
-        self._set_aside(step, e)
+      if ok:  # restored here but not on another process: every process must treat it alike
+        failed.append((step, RuntimeError("restore failed on another process")))
+    if failed:
+      step, error = failed[0]
+      raise CheckpointRestoreError(f"no checkpoint in {self.directory} restores; the newest (step {step}) failed "
+                                   f"with {type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}") \
+          from error
     return None
 
   def _set_aside(self, step: int, error: Exception) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 import math
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -30,14 +30,15 @@ class OptimizerConfig:
   grad_clip_norm: float = 1.0
 
 
-def learning_rate_at_tokens(cfg: OptimizerConfig, tokens):
-  """LR after `tokens` training tokens (works on Python floats and jax arrays)."""
-  tokens = jnp.asarray(tokens, jnp.float32)
+def learning_rate_at_tokens(cfg: OptimizerConfig, tokens) -> np.ndarray:
+  """LR after `tokens` training tokens. NumPy on the host: the train loop calls it every step, and a device
+  computation here would wait for the step in flight."""
+  tokens = np.asarray(tokens, np.float64)
   peak, floor = cfg.peak_learning_rate, cfg.peak_learning_rate * cfg.final_lr_fraction
   warm = peak * tokens / max(cfg.warmup_tokens, 1.0)
-  progress = jnp.clip((tokens - cfg.warmup_tokens) / max(cfg.decay_tokens - cfg.warmup_tokens, 1.0), 0.0, 1.0)
-  cosine = floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
-  return jnp.where(tokens < cfg.warmup_tokens, warm, cosine)
+  progress = np.clip((tokens - cfg.warmup_tokens) / max(cfg.decay_tokens - cfg.warmup_tokens, 1.0), 0.0, 1.0)
+  cosine = floor + (peak - floor) * 0.5 * (1.0 + np.cos(math.pi * progress))
+  return np.where(tokens < cfg.warmup_tokens, warm, cosine)
 
 
 def decay_mask(params):

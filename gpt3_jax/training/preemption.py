@@ -20,7 +20,8 @@ class PreemptionWatcher:
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self, poll_every: int = 10):
+    self.poll_every = poll_every
     self._requested = False
     self._previous = {}
 
@@ -46,9 +47,12 @@ class PreemptionWatcher:
   def request(self) -> None:
     self._requested = True
 
-  def should_stop(self) -> bool:
-    """True on every process as soon as any process was signalled."""
+  def should_stop(self, step: int) -> bool:
+    """True on every process once any process was signalled. With several processes the flags are or-ed every
+    `poll_every` steps only (the same steps everywhere): the all-gather waits for the step in flight."""
     if jax.process_count() == 1:
       return self._requested
+    if step % self.poll_every:
+      return False
     flags = multihost_utils.process_allgather(np.int32(self._requested))
     return bool(np.max(flags))

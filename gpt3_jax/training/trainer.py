@@ -29,7 +29,9 @@ from gpt3_jax.training.preemption import PreemptionWatcher
 
 # ModelConfig fields that define the parameters: a checkpoint written with other values cannot be restored.
 ARCHITECTURE_FIELDS = ("vocab_size", "n_ctx", "d_model", "n_layers", "n_heads", "d_head", "d_ff",
-                       "attention_pattern", "scan_layers")
+                       "attention_pattern", "local_window", "scan_layers")
+# TrainConfig fields that fix the data position and the tokens seen at a step.
+STREAM_FIELDS = ("global_batch_size", "seed", "batch_ramp_tokens", "batch_ramp_start_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +95,12 @@ def validate(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, mesh_cfg: 
   if seq_len > model_cfg.n_ctx:
     raise ValueError(f"seq_len {seq_len} exceeds the model's position table n_ctx {model_cfg.n_ctx}; "
                      f"lower TrainConfig.seq_len or raise ModelConfig.n_ctx")
-  if train_cfg.train_steps <= 0:
-    raise ValueError(f"train_steps must be positive, got {train_cfg.train_steps}")
+  for name in ("train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    if getattr(train_cfg, name) <= 0:
+      raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(train_cfg, name)}")
+  if train_cfg.spike_factor > 0 and train_cfg.keep_checkpoints < 2:
+    raise ValueError("spike recovery needs TrainConfig.keep_checkpoints >= 2 (the checkpoint written just before a "
+                     "spike is read may already belong to it)")
   corpus_lib.check_sources(data_cfg)
   _check_workdir(workdir)
   return mesh
@@ -109,7 +115,8 @@ def check_compatible(saved: Dict[str, Any], model_cfg: ModelConfig, train_cfg: T
       raise ValueError(f"the checkpoint in the workdir was written with ModelConfig.{field}="
                        f"{saved_model[field]!r} but this run has {getattr(model_cfg, field)!r}; use a new --workdir "
                        f"or the checkpoint's setting")
-  for field, value in (("base_batch", base_batch), ("seq_len", seq_len), ("seed", train_cfg.seed)):
+  stream = [(f, getattr(train_cfg, f)) for f in STREAM_FIELDS]
+  for field, value in [("base_batch", base_batch), ("seq_len", seq_len)] + stream:
     if field in saved and saved[field] != value:
       raise ValueError(f"the checkpoint's data position assumes {field}={saved[field]!r} but this run has "
                        f"{value!r}; resume with the same batch / seq_len / seed settings or use a new --workdir")
@@ -134,6 +141,9 @@ def evaluate(eval_fn, params, valid_tokens, *, seq_len: int, batch_size: int, ma
     raise ValueError(f"the validation split has fewer than {batch_size} windows of {seq_len + 1} tokens; use more "
                      f"data, a larger DataConfig.validation_fraction or a smaller batch")
   return total / count
+
+
+UNIGRAM_SAMPLE_TOKENS = 50_000_000  # the baseline's unigram counts come from at most this prefix of the stream
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -161,6 +171,8 @@ class _DataFeed:
 def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: optimizer_lib.OptimizerConfig,
           mesh_cfg: mesh_lib.MeshConfig, train_cfg: TrainConfig, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) in `workdir` and returns a summary of the final evaluation."""
+  if "://" in workdir:
+    raise ValueError(f"workdir {workdir!r} is a URL; use a local or mounted (e.g. NFS, gcsfuse) directory")
   workdir = os.path.abspath(workdir)  # orbax needs absolute paths
   mesh = validate(model_cfg, data_cfg, mesh_cfg, train_cfg, workdir)
   primary = jax.process_index() == 0
@@ -172,9 +184,9 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
   corpus = corpus_lib.prepare_corpus(data_cfg)
   model_cfg = model_cfg.replace(vocab_size=corpus.vocab_size)
   tx = optimizer_lib.make_optimizer(opt_cfg)
-  meta = {"model_config": dataclasses.asdict(model_cfg), "global_batch_size": train_cfg.global_batch_size,
-          "base_batch": ramp.base_batch, "seq_len": seq_len, "seed": train_cfg.seed,
-          "tokenizer_path": corpus.tokenizer_path, "data_fingerprint": corpus.fingerprint}
+  meta = {"model_config": dataclasses.asdict(model_cfg), "base_batch": ramp.base_batch, "seq_len": seq_len,
+          "tokenizer_path": corpus.tokenizer_path, "data_fingerprint": corpus.fingerprint,
+          **{f: getattr(train_cfg, f) for f in STREAM_FIELDS}}
 
   def check_meta(saved):
     check_compatible(saved, model_cfg, train_cfg, seq_len, ramp.base_batch)
@@ -198,9 +210,11 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
       shardings = state_lib.state_shardings(model_cfg, tx, mesh)
       abstract = state_lib.abstract_state(model_cfg, tx, mesh)
       restored = checkpointer.restore_newest_good(abstract, check_meta=check_meta)
+      loop_state = {}
       if restored is not None:
-        _, state, data_state, _ = restored
+        _, state, data_state, saved_meta = restored
         data_iter.set_state(data_state)
+        loop_state = saved_meta.get("loop", {})
         logging.info("resumed from step %d", int(state.step))
       else:
         state, _ = state_lib.create_state(model_cfg, tx, mesh, train_cfg.seed)
@@ -234,13 +248,19 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
           logging.info("eval at step %d: loss %.4f perplexity %.2f", step, loss, math.exp(min(loss, 50)))
         return loss
 
-      counters = {"skipped_steps": 0, "spike_recoveries": 0, "consecutive_nonfinite": 0}
-      history: collections.deque = collections.deque(maxlen=max(1, train_cfg.spike_window))
+      # Loop state saved with every checkpoint, so a resumed run detects spikes and counts faults as before.
+      counters = {"skipped_steps": 0, "spike_recoveries": 0, "consecutive_nonfinite": 0, **loop_state.get("counters", {})}
+      history: collections.deque = collections.deque(loop_state.get("history", []),
+                                                     maxlen=max(1, train_cfg.spike_window))
+
+      def save(step: int) -> None:
+        loop = {"counters": dict(counters), "history": list(history)}
+        checkpointer.save(step, state, data_iter.get_state(), {**meta, "loop": loop})
       # Throughput between two logged steps: tokens of the steps in between over wall time, evaluation excluded.
       window = {"start": time.perf_counter(), "step": int(state.step), "excluded": 0.0}
       eval_loss, preempted = None, False
 
-      def inspect(done: int, metrics, lr: float, batch_size: int) -> Optional[int]:
+      def inspect(done: int, metrics, lr: float, batch_size: int, data_index: int) -> Optional[int]:
         """Reads one step's metrics (one step behind the device). Returns the spike step if one is detected."""
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if values["skipped"]:
@@ -253,9 +273,9 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
             good = done - counters["consecutive_nonfinite"]
             raise NonFiniteLossError(
                 f"{counters['consecutive_nonfinite']} consecutive steps had a non-finite loss or gradient (steps "
-                f"{good + 1}-{done}); stopping. Skipped steps change no parameters, so the newest checkpoint (step "
-                f"{last[-1] if last else None}) holds the parameters of step {good}; lower the learning rate or "
-                f"check the data")
+                f"{good + 1}-{done}); stopping. Skipped steps change no parameters: the newest checkpoint (step "
+                f"{last[-1] if last else None}) holds the parameters of step {min(good, last[-1]) if last else None}; "
+                f"lower the learning rate or check the data")
         else:
           counters["consecutive_nonfinite"] = 0
           if (train_cfg.spike_factor > 0 and len(history) >= history.maxlen
@@ -269,7 +289,7 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
           values.update(learning_rate=lr, batch_size=float(batch_size), tokens_per_s=tokens_s,
                         mfu=tokens_s * flops_token / peak_total if peak_total else 0.0,
                         tokens_seen=float(ramp.tokens_before(done)), skipped_steps=float(counters["skipped_steps"]),
-                        **data_mixture.metrics(data_iter.get_state()["next_index"]))
+                        **data_mixture.metrics(data_index))
           logger.write(done, values)
           logger.progress(done, values)
           window.update(start=time.perf_counter(), step=done, excluded=0.0)
@@ -309,7 +329,7 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
           lr = float(optimizer_lib.learning_rate_at_tokens(opt_cfg, ramp.tokens_before(step)))
           state, metrics = compiled_step(batch_size)(state, feed.next(batch_size), np.float32(lr))
           step += 1
-          dispatched = (step, metrics, lr, batch_size)
+          dispatched = (step, metrics, lr, batch_size, data_iter.get_state()["next_index"])
         if pending is not None:
           spike = inspect(*pending)
           if spike is not None:
@@ -324,10 +344,13 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
           eval_loss = run_eval(step)
           window["excluded"] += time.perf_counter() - eval_start  # keep evaluation out of the throughput
         if checkpointer.due(step) or step == train_cfg.train_steps:
-          checkpointer.save(step, state, data_iter.get_state(), meta)
-        if watcher.should_stop():
-          inspect(*pending)
-          checkpointer.save(step, state, data_iter.get_state(), meta)
+          save(step)
+        if watcher.should_stop(step):
+          spike = inspect(*pending)
+          if spike is not None:  # recover first; the watcher stops the run after the next step
+            step, pending = recover(spike, float(jax.device_get(pending[1])["loss"])), None
+            continue
+          save(step)
           checkpointer.wait()
           checkpointer.check_for_errors()
           logging.warning("preempted: saved step %d; run the same command again to resume", step)
@@ -349,7 +372,7 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
   checkpointer.close()
   return {"step": int(state.step), "eval_loss": eval_loss,
           "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
-          "unigram_loss": pipeline.unigram_cross_entropy(corpus.train_tokens, corpus.valid_tokens,
-                                                         corpus.vocab_size),
+          "unigram_loss": pipeline.unigram_cross_entropy(corpus.train_tokens[:UNIGRAM_SAMPLE_TOKENS],
+                                                         corpus.valid_tokens, corpus.vocab_size),
           "compile_seconds": compile_s, "model_config": model_cfg, "state": state, "tokenizer": corpus.tokenizer,
           "preempted": preempted, **counters}
