@@ -155,3 +155,20 @@ def test_main_end_to_end_and_bad_input(tiny_text_dir, tiny_data_dir, tmp_path):
   blocker.write_text("x")
   _one_line_error(_main(base + [f"--workdir={blocker / 'w'}"]), "cannot be written")
   assert sorted(os.listdir(workdir / "checkpoints")) == before
+
+
+def test_resume_inside_a_ramp_stage_with_microbatches_and_spike_detection(tiny_text_dir, tiny_data_dir, tmp_path):
+  """Stop in the middle of a batch-ramp stage with 2 accumulated microbatches and spike detection on; the
+  restart reproduces the uninterrupted losses exactly and carries the spike history over."""
+  data = tc.data(tiny_text_dir, tiny_data_dir)
+  extra = dict(num_microbatches=2, batch_ramp_tokens=512, batch_ramp_start_tokens=128, spike_factor=3.0,
+               spike_window=2, eval_every=100)  # stages 4 -> 8 sequences; step 3 is inside the first stage
+  full, split = str(tmp_path / "full"), str(tmp_path / "split")
+  trainer.train(tc.MODEL, data, tc.OPTIMIZER, tc.MESH, tc.train(train_steps=6, **extra), full)
+  trainer.train(tc.MODEL, data, tc.OPTIMIZER, tc.MESH, tc.train(train_steps=3, checkpoint_every=3, **extra), split)
+  summary = trainer.train(tc.MODEL, data, tc.OPTIMIZER, tc.MESH, tc.train(train_steps=6, checkpoint_every=3, **extra),
+                          split)
+  assert _losses(split) == _losses(full)
+  rows = [json.loads(line) for line in open(os.path.join(split, "metrics.jsonl"))]
+  assert [r["batch_size"] for r in rows if r["split"] == "train"] == [4, 4, 4, 4, 8, 8]
+  assert summary["spike_recoveries"] == 0
