@@ -217,3 +217,18 @@ def test_restore_errors_that_are_not_damage_move_nothing(tmp_path):
   np.testing.assert_array_equal(state["w"], tree["w"])
   assert ckpt.all_steps() == [1] and len(os.listdir(tmp_path / "checkpoints_damaged")) == 1
   ckpt.close()
+
+
+def test_spike_seen_at_preemption_is_recovered_before_the_final_save(inject, monkeypatch, tiny_text_dir,
+                                                                     tiny_data_dir, tmp_path):
+  """The step being saved for a preemption spiked: its checkpoint is set aside, the run rolls back, skips the
+  batches, and only then saves and stops."""
+  inject({11: lambda b: np.random.default_rng(0).integers(0, 512, b.shape).astype(b.dtype)})
+  monkeypatch.setattr(trainer.PreemptionWatcher, "should_stop", lambda self, step: step >= 11)
+  fast = tc.OPTIMIZER.__class__(peak_learning_rate=1e-2, warmup_tokens=256, decay_tokens=100_000)
+  summary = trainer.train(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), fast, tc.MESH,
+                          tc.train(train_steps=20, spike_factor=1.15, spike_window=3, spike_skip_batches=2,
+                                   checkpoint_every=1, eval_every=100), str(tmp_path))
+  assert summary["preempted"] and summary["spike_recoveries"] == 1 and summary["step"] == 11
+  assert [name.split("-")[0] for name in os.listdir(tmp_path / "checkpoints_abandoned")] == ["11"]
+  assert max(int(s) for s in os.listdir(tmp_path / "checkpoints")) == 11  # re-done after the rollback
