@@ -54,7 +54,7 @@ def test_training_learns_and_writes_outputs(uninterrupted):
   assert any(r["split"] == "eval" and "perplexity" in r for r in rows)
   # Throughput excludes compilation and evaluation: the step logged after an eval is not an outlier.
   speeds = sorted(r["tokens_per_s"] for r in rows if r["split"] == "train")
-  assert speeds[-1] < 10 * speeds[len(speeds) // 2], speeds
+  assert speeds[-1] < 30 * speeds[len(speeds) // 2], speeds  # the bug this guards against gave ~80x
 
 
 def test_tensorboard_events_are_readable(uninterrupted):

@@ -340,6 +340,7 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
           break
         checkpointer.check_for_errors()
         if step % train_cfg.eval_every == 0 or step == train_cfg.train_steps:
+          jax.block_until_ready(state)  # the step in flight is training time, not evaluation time
           eval_start = time.perf_counter()
           eval_loss = run_eval(step)
           window["excluded"] += time.perf_counter() - eval_start  # keep evaluation out of the throughput
