@@ -22,6 +22,7 @@ import subprocess
 import sys
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -41,7 +42,7 @@ MAX_COMPILE_DEVICES = 64  # --plan_compile simulates the mesh with this many for
 
 def count_abstract_params(cfg: ModelConfig) -> int:
   """Parameters of the real Flax model (padded vocabulary included), from shapes only."""
-  shapes = jax.eval_shape(lambda r: train_state.nn.unbox(train_state.init_params_fn(cfg)(r)), jax.random.key(0))
+  shapes = jax.eval_shape(lambda r: nn.unbox(train_state.init_params_fn(cfg)(r)), jax.random.key(0))
   return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
 
 
