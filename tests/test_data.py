@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from gpt3_jax.data import corpus
+from gpt3_jax.data import mixture
 from gpt3_jax.data import pipeline
 from gpt3_jax.data import text_files
 from gpt3_jax.data import token_store
@@ -298,6 +299,12 @@ def _stream():
   return np.arange(N_TOKENS, dtype=np.uint16)
 
 
+def _iterator(tokens, *, seq_len, global_batch_size, seed, process_index=0, process_count=1):
+  """The production training stream of one corpus: a one-source mixture."""
+  return mixture.Mixture([tokens], [1.0], seq_len=seq_len, global_batch_size=global_batch_size,
+                         seed=seed).iterator(process_index=process_index, process_count=process_count)
+
+
 def _window_ids(batch: np.ndarray) -> list[int]:
   assert all(row[0] % SEQ == 0 for row in batch)
   return [int(row[0]) // SEQ for row in batch]
@@ -305,7 +312,7 @@ def _window_ids(batch: np.ndarray) -> list[int]:
 
 def test_windows_pack_exactly_and_epochs_are_permutations():
   tokens = _stream()
-  it = pipeline.train_iterator(tokens, seq_len=SEQ, global_batch_size=8, seed=3)
+  it = _iterator(tokens, seq_len=SEQ, global_batch_size=8, seed=3)
   batches = [next(it) for _ in range(-(-3 * N_WIN // 8))]
   assert all(b.shape == (8, SEQ + 1) and b.dtype == np.int32 for b in batches)
   order = [w for b in batches for w in _window_ids(b)]
@@ -324,8 +331,8 @@ def test_windows_pack_exactly_and_epochs_are_permutations():
 def test_process_shards_concatenate_to_global_batch():
   tokens = _stream()
   kw = dict(seq_len=SEQ, global_batch_size=8, seed=0)
-  full = pipeline.train_iterator(tokens, **kw)
-  shards = [pipeline.train_iterator(tokens, process_index=p, process_count=2, **kw) for p in range(2)]
+  full = _iterator(tokens, **kw)
+  shards = [_iterator(tokens, process_index=p, process_count=2, **kw) for p in range(2)]
   for _ in range(20):
     parts = [next(s) for s in shards]
     assert parts[0].shape == (4, SEQ + 1)
@@ -336,34 +343,33 @@ def test_process_shards_concatenate_to_global_batch():
 def test_resume_from_state_is_exact():
   tokens = _stream()
   kw = dict(seq_len=SEQ, global_batch_size=6, seed=11)
-  it = pipeline.train_iterator(tokens, **kw)
+  it = _iterator(tokens, **kw)
   for _ in range(5):
     next(it)
-  state = pipeline.iterator_state_from_json(pipeline.iterator_state_to_json(it.get_state()))
+  state = json.loads(json.dumps(it.get_state()))  # goes into the checkpoint as JSON
   expected = [next(it) for _ in range(30)]  # Crosses an epoch boundary.
-  fresh = pipeline.train_iterator(tokens, **kw)
+  fresh = _iterator(tokens, **kw)
   fresh.set_state(state)
   for want in expected:
     np.testing.assert_array_equal(next(fresh), want)
-  json.dumps(it.get_state())  # JSON-serializable as is.
 
 
 def test_seeds_give_different_orders():
   tokens = _stream()
-  first = {s: next(pipeline.train_iterator(tokens, seq_len=SEQ, global_batch_size=16, seed=s))
+  first = {s: next(_iterator(tokens, seq_len=SEQ, global_batch_size=16, seed=s))
            for s in (0, 1)}
   assert _window_ids(first[0]) != _window_ids(first[1])
-  again = next(pipeline.train_iterator(tokens, seq_len=SEQ, global_batch_size=16, seed=0))
+  again = next(_iterator(tokens, seq_len=SEQ, global_batch_size=16, seed=0))
   np.testing.assert_array_equal(again, first[0])
 
 
 def test_train_iterator_errors():
   with pytest.raises(ValueError, match="process_count 3"):
-    pipeline.train_iterator(_stream(), seq_len=SEQ, global_batch_size=8, seed=0, process_count=3)
+    _iterator(_stream(), seq_len=SEQ, global_batch_size=8, seed=0, process_count=3)
   with pytest.raises(ValueError, match="fewer than one window"):
-    pipeline.train_iterator(np.arange(SEQ, dtype=np.uint16), seq_len=SEQ, global_batch_size=1, seed=0)
-  it = pipeline.train_iterator(np.arange(SEQ + 1, dtype=np.uint16), seq_len=SEQ, global_batch_size=2,
-                               seed=0)
+    _iterator(np.arange(SEQ, dtype=np.uint16), seq_len=SEQ, global_batch_size=1, seed=0)
+  it = _iterator(np.arange(SEQ + 1, dtype=np.uint16), seq_len=SEQ, global_batch_size=2,
+                seed=0)
   np.testing.assert_array_equal(next(it), np.stack([np.arange(SEQ + 1)] * 2))
 
 

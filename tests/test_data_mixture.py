@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from gpt3_jax.data import mixture
-from gpt3_jax.data import pipeline
 
 SEQ = 4
 # Three sources whose tokens tell them apart: source s holds ids s * 10000 + position.
@@ -120,18 +119,6 @@ def test_process_count_may_change_on_restore(before, after):
     it.set_state(state)
   for want in expected[5:]:
     np.testing.assert_array_equal(np.concatenate([next(it) for it in news]), want)
-
-
-def test_single_source_matches_the_plain_pipeline():
-  tokens = _streams()[0]
-  plain = pipeline.train_iterator(tokens, seq_len=SEQ, global_batch_size=8, seed=9)
-  mixed = mixture.Mixture([tokens], [1.0], seq_len=SEQ, global_batch_size=8, seed=9).iterator()
-  for _ in range(130):  # Past the first epoch.
-    np.testing.assert_array_equal(next(mixed), next(plain))
-  # Same state format: a checkpoint of the plain pipeline resumes in the mixture.
-  resumed = mixture.Mixture([tokens], [1.0], seq_len=SEQ, global_batch_size=8, seed=9).iterator()
-  resumed.set_state(plain.get_state())
-  np.testing.assert_array_equal(next(resumed), next(plain))
 
 
 def test_zero_weight_source_is_never_read_and_errors_are_clear():

@@ -185,9 +185,9 @@ def test_ramp_run_consumes_the_stream_once_with_lr_by_tokens(inject, tiny_text_d
   assert [b.shape[0] for b in seen] == [ramp.batch_size(s) for s in range(8)]
   assert [b.shape[0] for b in seen] == [2, 2, 2, 4, 4, 4, 8, 8]  # it really ramps, in three stages
   # Exactly once: the rows fed are the first windows of an unramped stream with base batch 2, in order.
-  from gpt3_jax.data import corpus as corpus_lib, pipeline
+  from gpt3_jax.data import corpus as corpus_lib
   corpus = corpus_lib.prepare_corpus(tc.data(tiny_text_dir, tiny_data_dir))
-  stream = pipeline.train_iterator(corpus.train_tokens, seq_len=32, global_batch_size=2, seed=0)
+  stream = corpus.train_iterator(seq_len=32, global_batch_size=2, seed=0)
   expected = np.concatenate([next(stream) for _ in range(sum(b.shape[0] for b in seen) // 2)])
   np.testing.assert_array_equal(np.concatenate(seen), expected)
   rows = _rows(str(tmp_path))

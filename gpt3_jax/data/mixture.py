@@ -17,7 +17,7 @@ per-block counts are cheap (one draw per block), so `k` for any row is computed 
 State: the iterator is grain's, over global batch indices, and its state is the next batch index. Each
 process gathers only its rows [p * local, (p + 1) * local) of a global batch; the global stream does not
 depend on the process count, so a checkpoint written with N processes resumes with any M dividing the batch.
-A single source with weight 1 reproduces `pipeline.train_iterator` batch for batch.
+A single source with weight 1 is the plain single-corpus stream.
 
 Metrics: `metrics(step)` gives per-source tokens consumed and epochs elapsed after `step` batches.
 """
@@ -38,6 +38,7 @@ _NUM_BATCHES = 1 << 40  # The stream is infinite; grain needs a length.
 
 
 def _seed(*parts: int) -> int:
+  """A 32-bit seed decorrelated from nearby inputs (grain reseeds each epoch with seed + epoch)."""
   return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint32)[0])
 
 
@@ -86,7 +87,7 @@ class Mixture:
                          f"{seq_len + 1}; use more data, a shorter seq_len, or weight 0.")
     self._orders = [
         grain.MapDataset.range(max(n, 1)).shuffle(
-            seed=pipeline.derived_seed(seed) if i == 0 else _seed(seed, i)).repeat()
+            seed=_seed(seed) if i == 0 else _seed(seed, i)).repeat()
         for i, n in enumerate(self.num_windows)]
     self._assign_seed = _seed(seed, 0x6D6978)
     self._quota = np.floor(block_rows * self.weights).astype(np.int64)
