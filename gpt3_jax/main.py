@@ -145,12 +145,12 @@ def run(argv: Sequence[str]) -> None:
   if not FLAGS.workdir:
     raise UserError(f"--mode={FLAGS.mode} needs --workdir=DIR")
   if FLAGS.mode == "train":
-    from gpt3_jax import quickstart_report
+    from gpt3_jax import run_summary
     from gpt3_jax.training import trainer
     configs.write_operative_config(FLAGS.workdir)
     bundle.check_vocab()
     summary = trainer.train(bundle.model, bundle.data, bundle.optimizer, bundle.mesh, bundle.train, FLAGS.workdir)
-    quickstart_report.print_summary(summary, bundle.train)
+    run_summary.print_summary(summary, bundle.train)
     return
   from gpt3_jax.inference import session
   model = session.load(FLAGS.workdir)

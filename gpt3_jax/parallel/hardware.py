@@ -56,7 +56,8 @@ def measure_matmul_flops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> 
   return 2.0 * n ** 3 / best
 
 
-def default_peak_flops() -> float:
-  """Per-device peak used for MFU: the chip's datasheet peak, or on CPU a measured float32 matmul."""
-  peak = device_peak_flops()
-  return peak if peak is not None else measure_matmul_flops()
+def total_peak_flops(per_device: Optional[float] = None) -> float:
+  """The FLOP/s that MFU is measured against: `per_device` (or the chip's datasheet peak) times the device
+  count; on CPUs, one large float32 matmul measured now (the forced host devices share the same cores)."""
+  per_device = per_device or device_peak_flops()
+  return per_device * jax.device_count() if per_device else measure_matmul_flops()

@@ -58,9 +58,6 @@ class Checkpointer:
   def due(self, step: int) -> bool:
     return step % self.cfg.every_steps == 0
 
-  def latest_step(self) -> Optional[int]:
-    return self._manager.latest_step()
-
   def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
     """Starts a save of `step` (asynchronous unless configured otherwise). Errors of earlier saves surface here."""
     if step in self._manager.all_steps():
@@ -145,11 +142,8 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"move_aside_{reason}_{step}")
     return target
 
-  def restore(self, abstract_state: Any, step: Optional[int] = None) -> Optional[Tuple[Any, dict, dict]]:
-    """(state, data_state, meta) of `step` (default: latest), placed as `abstract_state`'s shardings."""
-    step = self._manager.latest_step() if step is None else step
-    if step is None:
-      return None
+  def restore(self, abstract_state: Any, step: int) -> Tuple[Any, dict, dict]:
+    """(state, data_state, meta) of `step`, placed as `abstract_state`'s shardings."""
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))

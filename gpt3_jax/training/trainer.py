@@ -202,8 +202,7 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
   feed = _DataFeed(data_iter, mesh, ramp.base_batch)
   logger = MetricsLogger(workdir, enabled=primary, total_steps=train_cfg.train_steps)
   flops_token = flops_per_token(model_cfg, seq_len)
-  peak_total = (train_cfg.peak_flops_per_device * jax.device_count() if train_cfg.peak_flops_per_device
-                else (hardware.device_peak_flops() or 0) * jax.device_count() or hardware.measure_matmul_flops())
+  peak_total = hardware.total_peak_flops(train_cfg.peak_flops_per_device)
 
   try:
     with mesh_lib.activate(mesh), PreemptionWatcher() as watcher:

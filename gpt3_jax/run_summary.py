@@ -1,4 +1,4 @@
-"""What the main job prints at the end: validation loss next to the unigram baseline, and a sample."""
+"""What every training run prints at the end: validation loss next to the unigram baseline, and a sample."""
 
 from __future__ import annotations
 
