@@ -26,11 +26,16 @@ from typing import List, Sequence
 
 from absl import app, flags, logging
 
+from gpt3_jax.parallel import host_memory
+
 flags.DEFINE_multi_string("gin_file", [], "gin config files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'TrainConfig.train_steps = 10'.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the operative config.")
 flags.DEFINE_enum("mode", "train", ["train", "plan", "sample", "score"], "What to do.")
 flags.DEFINE_bool("json", False, "plan / score: print machine-readable JSON.")
+flags.DEFINE_bool("retain_host_memory", True, "Keep freed host memory for reuse instead of returning it to the OS "
+                  "(glibc): XLA:CPU then stops page-faulting its scratch memory in every step. See "
+                  "gpt3_jax/parallel/host_memory.py.")
 flags.DEFINE_string("prompt", None, "sample / score: one text.")
 flags.DEFINE_string("prompt_file", None, "sample / score: a file with one text per line.")
 flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens to generate per prompt.")
@@ -166,6 +171,8 @@ def run(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
+  if FLAGS.retain_host_memory:
+    host_memory.retain_freed_memory()  # before JAX starts its thread pools
   try:
     run(argv)
   except (UserError, ValueError, FileNotFoundError) as e:
