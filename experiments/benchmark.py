@@ -19,7 +19,8 @@ flags.DEFINE_multi_string("gin_file", ["gin_configs/models/small.gin"], "Model g
 flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
 flags.DEFINE_integer("seq_len", 256, "Sequence length (<= n_ctx).")
 flags.DEFINE_integer("batch_size", 4, "Global batch size (sequences).")
-flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
+flags.DEFINE_integer("steps", 5, "Timed steps (after three warm-up steps); the median is reported.")
+flags.DEFINE_bool("retain_host_memory", True, "Keep freed host memory mapped (gpt3_jax.parallel.host_memory).")
 flags.DEFINE_string("dtype", None, "Override ModelConfig.dtype (float32 / bfloat16).")
 flags.DEFINE_string("remat", None, "Override ModelConfig.remat_policy.")
 flags.DEFINE_string("attention_impl", None, "Override ModelConfig.attention_impl.")
@@ -27,12 +28,14 @@ flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 FLAGS = flags.FLAGS
 
 
-def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int) -> dict:
+def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int, warmup: int = 3) -> dict:
+  import statistics
+
   import jax
   import numpy as np
 
   from gpt3_jax.model.config import flops_per_token
-  from gpt3_jax.parallel import hardware
+  from gpt3_jax.parallel import hardware, host_memory
   from gpt3_jax.parallel import mesh as mesh_lib
   from gpt3_jax.training import optimizer as opt_lib
   from gpt3_jax.training import train_state, train_step
@@ -41,46 +44,57 @@ def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int) -> dict:
   tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
   lr = np.float32(1e-4)
   rng = np.random.default_rng(0)
-  batches = [rng.integers(0, model_cfg.vocab_size, (batch_size, seq_len + 1)).astype(np.int32)
-             for _ in range(steps + 1)]
+  peak = hardware.device_peak_flops()
   with mesh_lib.activate(mesh):
     state, shardings = train_state.create_state(model_cfg, tx, mesh, seed=0)
     step = train_step.jit_train_step(train_step.make_train_step(model_cfg, tx), shardings, mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    device_batches = [jax.device_put(b, batch_sharding) for b in batches]
+    batches = [jax.device_put(rng.integers(0, model_cfg.vocab_size, (batch_size, seq_len + 1)).astype(np.int32),
+                              batch_sharding) for _ in range(warmup + steps)]
     t0 = time.perf_counter()
-    compiled = step.lower(state, device_batches[0], lr).compile()
+    compiled = step.lower(state, batches[0], lr).compile()
     compile_s = time.perf_counter() - t0
-    state, metrics = compiled(state, device_batches[0], lr)  # warm-up
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for b in device_batches[1:]:
-      state, metrics = compiled(state, b, lr)
-    jax.block_until_ready((state, metrics))
-    step_s = (time.perf_counter() - t0) / steps
+    # Warm-up steps reach the steady state (the allocator holds the step's scratch memory after a few steps).
+    step_s, faults, ceilings = [], [], []
+    for i, batch in enumerate(batches):
+      faults_before, start = host_memory.minor_page_faults(), time.perf_counter()
+      state, metrics = compiled(state, batch, lr)
+      jax.block_until_ready((state, metrics))
+      if i >= warmup:
+        step_s.append(time.perf_counter() - start)
+        faults.append(host_memory.minor_page_faults() - faults_before)
+        if peak is None:  # CPU: sample the matmul ceiling next to each step, so both see the same machine
+          ceilings.append(hardware.measure_matmul_flops(n=2048))
   memory = compiled.memory_analysis()
-  tokens_s = batch_size * seq_len / step_s
-  model_flops_s = tokens_s * flops_per_token(model_cfg, seq_len)
+  flops_per_step = batch_size * seq_len * flops_per_token(model_cfg, seq_len)
+  median_s = statistics.median(step_s)
   result = {
       "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
       "params": sum(x.size for x in jax.tree.leaves(state.params)), "dtype": model_cfg.dtype,
-      "seq_len": seq_len, "batch_size": batch_size, "compile_s": compile_s, "step_s": step_s, "tokens_s": tokens_s,
-      "model_tflops_s": model_flops_s / 1e12, "loss": float(metrics["loss"]),
+      "seq_len": seq_len, "batch_size": batch_size, "compile_s": compile_s, "step_s": median_s,
+      "step_s_min": min(step_s), "tokens_s": batch_size * seq_len / median_s,
+      "model_tflops_s": flops_per_step / median_s / 1e12, "loss": float(metrics["loss"]),
       "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+      "page_faults_per_step": int(statistics.median(faults)),
   }
-  peak = hardware.device_peak_flops()
   if peak is not None:
-    result["mfu"] = model_flops_s / (peak * jax.device_count())
+    result["mfu"] = flops_per_step / median_s / (peak * jax.device_count())
   else:
-    ceiling = hardware.measure_matmul_flops(n=2048)
-    result["matmul_ceiling_tflops_s"] = ceiling / 1e12
-    result["fraction_of_matmul_ceiling"] = model_flops_s / ceiling
+    # Each step against the matmul measured right after it; the median of those ratios is robust to the
+    # machine's speed drifting during the run (a shared VM's neighbours).
+    ratios = [flops_per_step / s / c for s, c in zip(step_s, ceilings)]
+    result["matmul_ceiling_tflops_s"] = statistics.median(ceilings) / 1e12
+    result["fraction_of_matmul_ceiling"] = statistics.median(ratios)
+    result["fraction_range"] = f"{min(ratios):.3f}-{max(ratios):.3f}"
   return result
 
 
 def main(argv):
   del argv
   from gpt3_jax import configs
+  from gpt3_jax.parallel import host_memory
+
+  retained = FLAGS.retain_host_memory and host_memory.retain_freed_memory()  # before JAX starts its threads
 
   bindings = list(FLAGS.gin_bindings)
   for name, value in (("dtype", FLAGS.dtype), ("remat_policy", FLAGS.remat), ("attention_impl",
@@ -89,6 +103,7 @@ def main(argv):
       bindings.append(f"ModelConfig.{name} = '{value}'")
   model_cfg = configs.parse_and_build(FLAGS.gin_file, bindings).model
   result = benchmark(model_cfg, seq_len=FLAGS.seq_len, batch_size=FLAGS.batch_size, steps=FLAGS.steps)
+  result["retained_host_memory"] = retained
   if FLAGS.json:
     print(json.dumps(result))
     return
