@@ -28,14 +28,26 @@ flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 FLAGS = flags.FLAGS
 
 
-def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int, warmup: int = 3) -> dict:
-  import statistics
+def model_config_from_flags():
+  """The model config of --gin_file / --gin_bindings with the --dtype / --remat / --attention_impl overrides."""
+  from gpt3_jax import configs
 
+  bindings = list(FLAGS.gin_bindings)
+  for name, value in (("dtype", FLAGS.dtype), ("remat_policy", FLAGS.remat), ("attention_impl",
+                                                                               FLAGS.attention_impl)):
+    if value:
+      bindings.append(f"ModelConfig.{name} = '{value}'")
+  return configs.parse_and_build(FLAGS.gin_file, bindings).model
+
+
+def compiled_train_step(model_cfg, *, seq_len: int, batch_size: int, num_batches: int):
+  """The real jitted train step (donated state, all devices on the data axis) compiled for random-token batches.
+
+  Returns (compiled step, initial state, num_batches device batches, learning rate, compile seconds).
+  """
   import jax
   import numpy as np
 
-  from gpt3_jax.model.config import flops_per_token
-  from gpt3_jax.parallel import hardware, host_memory
   from gpt3_jax.parallel import mesh as mesh_lib
   from gpt3_jax.training import optimizer as opt_lib
   from gpt3_jax.training import train_state, train_step
@@ -44,27 +56,38 @@ def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int, warmup: i
   tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
   lr = np.float32(1e-4)
   rng = np.random.default_rng(0)
-  peak = hardware.device_peak_flops()
   with mesh_lib.activate(mesh):
     state, shardings = train_state.create_state(model_cfg, tx, mesh, seed=0)
     step = train_step.jit_train_step(train_step.make_train_step(model_cfg, tx), shardings, mesh)
-    batch_sharding = mesh_lib.batch_sharding(mesh)
     batches = [jax.device_put(rng.integers(0, model_cfg.vocab_size, (batch_size, seq_len + 1)).astype(np.int32),
-                              batch_sharding) for _ in range(warmup + steps)]
-    t0 = time.perf_counter()
+                              mesh_lib.batch_sharding(mesh)) for _ in range(num_batches)]
+    start = time.perf_counter()
     compiled = step.lower(state, batches[0], lr).compile()
-    compile_s = time.perf_counter() - t0
-    # Warm-up steps reach the steady state (the allocator holds the step's scratch memory after a few steps).
-    step_s, faults, ceilings = [], [], []
-    for i, batch in enumerate(batches):
-      faults_before, start = host_memory.minor_page_faults(), time.perf_counter()
-      state, metrics = compiled(state, batch, lr)
-      jax.block_until_ready((state, metrics))
-      if i >= warmup:
-        step_s.append(time.perf_counter() - start)
-        faults.append(host_memory.minor_page_faults() - faults_before)
-        if peak is None:  # CPU: sample the matmul ceiling next to each step, so both see the same machine
-          ceilings.append(hardware.measure_matmul_flops(n=2048))
+    return compiled, state, batches, lr, time.perf_counter() - start
+
+
+def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int, warmup: int = 3) -> dict:
+  import statistics
+
+  import jax
+
+  from gpt3_jax.model.config import flops_per_token
+  from gpt3_jax.parallel import hardware, host_memory
+
+  peak = hardware.device_peak_flops()
+  compiled, state, batches, lr, compile_s = compiled_train_step(model_cfg, seq_len=seq_len, batch_size=batch_size,
+                                                                num_batches=warmup + steps)
+  # Warm-up steps reach the steady state (the allocator holds the step's scratch memory after a few steps).
+  step_s, faults, ceilings = [], [], []
+  for i, batch in enumerate(batches):
+    faults_before, start = host_memory.minor_page_faults(), time.perf_counter()
+    state, metrics = compiled(state, batch, lr)
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      step_s.append(time.perf_counter() - start)
+      faults.append(host_memory.minor_page_faults() - faults_before)
+      if peak is None:  # CPU: sample the matmul ceiling next to each step, so both see the same machine
+        ceilings.append(hardware.measure_matmul_flops(n=2048))
   memory = compiled.memory_analysis()
   flops_per_step = batch_size * seq_len * flops_per_token(model_cfg, seq_len)
   median_s = statistics.median(step_s)
@@ -91,18 +114,10 @@ def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int, warmup: i
 
 def main(argv):
   del argv
-  from gpt3_jax import configs
   from gpt3_jax.parallel import host_memory
 
   retained = FLAGS.retain_host_memory and host_memory.retain_freed_memory()  # before JAX starts its threads
-
-  bindings = list(FLAGS.gin_bindings)
-  for name, value in (("dtype", FLAGS.dtype), ("remat_policy", FLAGS.remat), ("attention_impl",
-                                                                               FLAGS.attention_impl)):
-    if value:
-      bindings.append(f"ModelConfig.{name} = '{value}'")
-  model_cfg = configs.parse_and_build(FLAGS.gin_file, bindings).model
-  result = benchmark(model_cfg, seq_len=FLAGS.seq_len, batch_size=FLAGS.batch_size, steps=FLAGS.steps)
+  result = benchmark(model_config_from_flags(), seq_len=FLAGS.seq_len, batch_size=FLAGS.batch_size, steps=FLAGS.steps)
   result["retained_host_memory"] = retained
   if FLAGS.json:
     print(json.dumps(result))

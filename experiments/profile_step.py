@@ -22,10 +22,8 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_multi_string("gin_file", ["gin_configs/models/small.gin"], "Model gin files.")
-flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
-flags.DEFINE_integer("seq_len", 256, "Sequence length (<= n_ctx).")
-flags.DEFINE_integer("batch_size", 4, "Global batch size (sequences).")
+import benchmark  # same directory: its flags (--gin_file, --seq_len, ...) and its compiled train step
+
 flags.DEFINE_integer("top", 15, "Also list this many of the costliest ops.")
 FLAGS = flags.FLAGS
 
@@ -89,39 +87,30 @@ def matmul_flops(cfg, batch: int, seq: int) -> dict:
 
 def main(argv):
   del argv
+  from gpt3_jax.parallel import host_memory
+
+  if FLAGS.retain_host_memory:
+    host_memory.retain_freed_memory()  # before JAX starts its thread pools
   import jax
-  import numpy as np
 
-  from gpt3_jax import configs
   from gpt3_jax.model.config import flops_per_token
-  from gpt3_jax.parallel import hardware, host_memory
-  from gpt3_jax.parallel import mesh as mesh_lib
-  from gpt3_jax.training import optimizer as opt_lib
-  from gpt3_jax.training import train_state, train_step
+  from gpt3_jax.parallel import hardware
 
-  host_memory.retain_freed_memory()
-  cfg = configs.parse_and_build(FLAGS.gin_file, FLAGS.gin_bindings).model
-  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=(-1, 1, 1)))
-  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
-  lr = np.float32(1e-4)
-  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (FLAGS.batch_size, FLAGS.seq_len + 1))
-  with mesh_lib.activate(mesh):
-    state, shardings = train_state.create_state(cfg, tx, mesh, seed=0)
-    batch = jax.device_put(tokens.astype(np.int32), mesh_lib.batch_sharding(mesh))
-    compiled = train_step.jit_train_step(train_step.make_train_step(cfg, tx), shardings, mesh).lower(
-        state, batch, lr).compile()
-    ops = {m.group(1): m.group(3) for m in map(_OP.match, compiled.as_text().splitlines()) if m}
-    for _ in range(4):  # steady state (the allocator keeps the scratch memory after a few steps)
-      state, metrics = compiled(state, batch, lr)
-      jax.block_until_ready(metrics)
-    with tempfile.TemporaryDirectory() as trace_dir:
-      jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-      start = time.perf_counter()
-      state, metrics = compiled(state, batch, lr)
-      jax.block_until_ready(metrics)
-      wall = time.perf_counter() - start
-      jax.profiler.stop_trace()
-      events = _thunk_events(trace_dir)
+  cfg = benchmark.model_config_from_flags()
+  compiled, state, (batch,), lr, _ = benchmark.compiled_train_step(cfg, seq_len=FLAGS.seq_len,
+                                                                   batch_size=FLAGS.batch_size, num_batches=1)
+  ops = {m.group(1): m.group(3) for m in map(_OP.match, compiled.as_text().splitlines()) if m}
+  for _ in range(4):  # steady state (the allocator keeps the scratch memory after a few steps)
+    state, metrics = compiled(state, batch, lr)
+    jax.block_until_ready(metrics)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch, lr)
+    jax.block_until_ready(metrics)
+    wall = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    events = _thunk_events(trace_dir)
   ceiling = hardware.measure_matmul_flops(n=2048)
   share, idle = _exclusive_time(events)
   groups, per_op = collections.defaultdict(float), collections.defaultdict(float)
