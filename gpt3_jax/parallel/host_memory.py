@@ -1,10 +1,10 @@
 """Keep freed host memory mapped, so XLA:CPU's per-step scratch buffer is not page-faulted in every step.
 
-XLA:CPU allocates a step's temporary buffer (about 2 GB for GPT-3 Small at batch 4 x 256) with malloc when the
-step starts and frees it when it ends. glibc serves an allocation that large with mmap and returns it with munmap,
-so every step the kernel maps and zeroes the whole buffer again, one 4 KiB page fault at a time: about 525,000
-minor faults and several hundred milliseconds per step on a 2-core machine (measured by
-experiments/benchmark.py, which prints the faults per step).
+XLA:CPU allocates a step's temporary buffer (1.8-2.1 GB for GPT-3 Small at batch 4 x 256, unscanned or scanned)
+with malloc when the step starts and frees it when it ends. glibc serves an allocation that large with mmap and
+returns it with munmap, so every step the kernel maps and zeroes the whole buffer again, one 4 KiB page fault at
+a time: 460,000-525,000 minor faults and about 0.3 s of a 5 s step on the 2-core development machine
+(experiments/benchmark.py prints the faults per step; --noretain_host_memory shows the difference).
 
 `retain_freed_memory()` sets three glibc malloc options at run time (mallopt): one arena, no mmap'd chunks and no
 trimming. Freed buffers then stay in the heap and the next step reuses them: zero page faults after warm-up. The
