@@ -64,6 +64,51 @@ def test_attention_matches_numpy_reference(impl, window):
   np.testing.assert_allclose(np.asarray(got), numpy_attention(q, k, v, window), atol=ATOL, rtol=ATOL)
 
 
+@pytest.mark.parametrize("block", [4, 8, 5])  # 5 does not divide T=16: one masked block
+@pytest.mark.parametrize("window", [None, 1, 3, 4, 6, 9, 100])
+def test_block_sparse_attention_matches_numpy_reference(block, window):
+  """Query blocks that skip the key blocks outside their band: same values as the float64 reference, and the
+  same gradients as the one-block masked form (masked keys contribute exactly zero to both)."""
+  q, k, v = (jnp.asarray(t) for t in random_qkv(seed=3))
+  got = attention.xla_attention(q, k, v, window=window, block=block)
+  np.testing.assert_allclose(np.asarray(got), numpy_attention(q, k, v, window), atol=ATOL, rtol=ATOL)
+  cotangent = jnp.asarray(random_qkv(seed=4)[0])
+  grads = [jax.grad(lambda *qkv: jnp.sum(attention.xla_attention(*qkv, window=window, block=b) * cotangent),
+                    argnums=(0, 1, 2))(q, k, v) for b in (block, 0)]
+  for blocked, dense in zip(*grads):
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(dense), atol=ATOL, rtol=ATOL)
+
+
+@pytest.mark.parametrize("window, expect", [(None, (0, 0, 0, 0)), (1, (0, 4, 8, 12)), (4, (0, 0, 4, 8)),
+                                            (5, (0, 0, 4, 8)), (6, (0, 0, 0, 4)), (100, (0, 0, 0, 0))])
+def test_key_block_start_is_the_first_block_the_band_reaches(window, expect):
+  """Block 4: query block [s, s + 4) first sees key s - window + 1, rounded down to a block start."""
+  assert tuple(attention.key_block_start(s, window, 4) for s in (0, 4, 8, 12)) == expect
+
+
+def test_block_sparse_work_follows_the_band():
+  """The attention's matmul FLOPs, counted from its jaxpr: with blocks, a local layer's work grows with the
+  window, not T, and a dense causal layer does (n + 1) / 2n of the one-block products (n = 8 blocks)."""
+  q = k = v = jnp.zeros((1, 256, 2, 16))
+
+  def matmul_flops(window, block):
+    jaxpr = jax.make_jaxpr(lambda q, k, v: attention.xla_attention(q, k, v, window=window, block=block))(q, k, v)
+    total = 0
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        (contract, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        total += 2 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[i] for i in contract])
+    return total
+
+  one_block = matmul_flops(None, 0)
+  assert one_block == 2 * 2 * 256 * 256 * 16 * 2  # QK and PV for 2 heads
+  assert matmul_flops(None, 32) / one_block == 9 / 16
+  assert matmul_flops(32, 32) / one_block == 15 / 64  # 2 key blocks per query block, 1 for the first
+  # keys s - 99 .. s + 31 of a query block starting at s span 5 key blocks once the band is full
+  assert matmul_flops(100, 32) / one_block == (1 + 2 + 3 + 4 + 5 * 4) / 64
+
+
 def test_per_row_positions_match_numpy_reference():
   """Explicit per-row positions (the decoding path) give the same attention as the default positions."""
   q, k, v = random_qkv(seed=1)
@@ -92,6 +137,17 @@ def test_alternating_model_with_full_band_equals_dense_model():
   alt_logits = jax.jit(GPT(alt_cfg).apply)({"params": alt}, tokens)
   dense_logits = jax.jit(GPT(dense_cfg).apply)({"params": dense}, tokens)
   np.testing.assert_allclose(np.asarray(alt_logits), np.asarray(dense_logits), atol=ATOL, rtol=0)
+
+
+def test_block_sparse_model_equals_one_block_model():
+  """The whole alternating model with 4-token query blocks gives the one-block model's logits."""
+  cfg = ModelConfig(vocab_size=64, n_ctx=16, d_model=32, n_layers=2, n_heads=4, d_head=8,
+                    attention_pattern="alternating", local_window=5, attention_block=4)
+  params = random_params(cfg, seed=3)
+  tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, 64)
+  blocked = jax.jit(GPT(cfg).apply)({"params": params}, tokens)
+  one_block = jax.jit(GPT(cfg.replace(attention_block=0)).apply)({"params": params}, tokens)
+  np.testing.assert_allclose(np.asarray(blocked), np.asarray(one_block), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("window", [1, 4])

@@ -6,8 +6,9 @@ from gpt3_jax.parallel.mesh import MeshConfig
 from gpt3_jax.training.optimizer import OptimizerConfig
 from gpt3_jax.training.trainer import TrainConfig
 
+# attention_block=8: the training tests run the block-sparse attention (4 query blocks, the band skips some).
 MODEL = ModelConfig(n_ctx=32, d_model=32, n_layers=2, n_heads=2, d_head=16, attention_pattern="alternating",
-                    local_window=8)
+                    local_window=8, attention_block=8)
 OPTIMIZER = OptimizerConfig(peak_learning_rate=3e-3, warmup_tokens=256, decay_tokens=4096)
 
 

@@ -3,7 +3,8 @@
 A local layer with window w lets query i attend key j iff 0 <= i - j < w. Dense layers are the same with no band.
 
 Implementations (ModelConfig.attention_impl):
-  xla:    portable einsum + masked softmax (float32 softmax); runs everywhere, masks but does not skip work.
+  xla:    portable einsums + masked float32 softmax; runs everywhere. Block-sparse over query blocks of
+          ModelConfig.attention_block: key blocks outside a query block's causal band are skipped.
   cudnn:  jax.nn.dot_product_attention(implementation='cudnn') with its causal local window (GPU only):
           flash attention that skips fully masked blocks.
   splash: Pallas splash attention with a causal local mask (TPU only): skips fully masked blocks.
@@ -43,29 +44,56 @@ def band_mask(q_positions: jax.Array, k_positions: jax.Array, window: Optional[i
   return visible
 
 
-def xla_attention(q, k, v, *, window: Optional[int], q_positions=None, k_positions=None):
-  """Reference attention. q: [B, Tq, H, D]; k, v: [B, Tk, H, D] -> [B, Tq, H, D].
+def _attention_core(q, k, v, mask):
+  """q (pre-scaled): [B, H, Tq, D]; k, v: [B, H, Tk, D]; mask broadcastable to [B, H, Tq, Tk] -> [B, H, Tq, D].
 
-  Positions default to 0..T-1 for keys and the last Tq of those for queries (prefill / training).
-  The softmax is normalized after the value product (divide [.., Tq, D] rather than [.., Tq, Tk]), and the
-  batched products run in [B, H, T, D] layout. Same result to float32 rounding as einsums over [B, T, H, D] with
-  a separate softmax; on CPU the attention core's forward + backward at B=4, T=256, H=12 took 32 instead of 48 ms,
-  and the GPT-3 Small train step needs 11% less scratch memory.
-  """
-  tq, tk = q.shape[1], k.shape[1]
-  if k_positions is None:
-    k_positions = jnp.arange(tk)
-  if q_positions is None:
-    q_positions = jnp.arange(tk - tq, tk)
-  mask = band_mask(q_positions, k_positions, window)
-  if mask.ndim == 3:  # per-batch positions [B, Tq, Tk]
-    mask = mask[:, None]
-  q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q * q.shape[-1] ** -0.5, k, v))  # [B, H, T, D]
+  Float32 softmax, normalized after the value product (divide [.., Tq, D] rather than [.., Tq, Tk])."""
   logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
   logits = jnp.where(mask, logits, _MASK_VALUE)
   weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
   out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  out = out / jnp.sum(weights, axis=-1, keepdims=True)
+  return out / jnp.sum(weights, axis=-1, keepdims=True)
+
+
+def key_block_start(q_start: int, window: Optional[int], block: int) -> int:
+  """First key (a multiple of `block`) that any query in [q_start, q_start + block) can see."""
+  return 0 if window is None else max(0, (q_start - window + 1) // block) * block
+
+
+def xla_attention(q, k, v, *, window: Optional[int], q_positions=None, k_positions=None, block: int = 0):
+  """Reference attention. q: [B, Tq, H, D]; k, v: [B, Tk, H, D] -> [B, Tq, H, D].
+
+  Positions default to 0..T-1 for keys and the last Tq of those for queries (prefill / training).
+  The batched products run in [B, H, T, D] layout.
+
+  block > 0 (self-attention over a whole sequence, default positions, T a multiple of block larger than it):
+  block-sparse. Queries are cut into blocks of `block`; each block attends only keys from the first block its
+  causal band reaches up to its own end, so fully masked key blocks are never computed. Same result as the
+  masked dense form (a masked key contributes exactly 0 either way). Work: a dense causal layer does
+  (n + 1) / 2n of the dense products for n blocks, a local layer about (window + block) / T of them.
+  Measured on 2 CPU cores, forward + backward of B=4, H=12, D=64, block 128: T=256 24 vs 33 ms;
+  T=2048 (B=1) dense 210 vs 363 ms, window 256 84 vs 361 ms.
+  """
+  b, tq, h, d = q.shape
+  tk = k.shape[1]
+  q = q * d ** -0.5
+  qh, kh, vh = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, H, T, D]
+  if (block and q_positions is None and k_positions is None and tq == tk and tq > block and tq % block == 0):
+    outs = []
+    for start in range(0, tq, block):
+      stop, lo = start + block, key_block_start(start, window, block)
+      mask = band_mask(jnp.arange(start, stop), jnp.arange(lo, stop), window)
+      outs.append(_attention_core(qh[:, :, start:stop], kh[:, :, lo:stop], vh[:, :, lo:stop], mask))
+    out = jnp.concatenate(outs, axis=2)
+  else:
+    if k_positions is None:
+      k_positions = jnp.arange(tk)
+    if q_positions is None:
+      q_positions = jnp.arange(tk - tq, tk)
+    mask = band_mask(q_positions, k_positions, window)
+    if mask.ndim == 3:  # per-batch positions [B, Tq, Tk]
+      mask = mask[:, None]
+    out = _attention_core(qh, kh, vh, mask)
   return jnp.swapaxes(out, 1, 2).astype(v.dtype)
 
 
@@ -106,10 +134,11 @@ def check_attention_impl(impl: str) -> None:
                      f"{backend!r}; set ModelConfig.attention_impl='xla'")
 
 
-def attend(q, k, v, *, window: Optional[int], impl: str):
-  """Causal (optionally banded) attention over a full sequence with the chosen implementation."""
+def attend(q, k, v, *, window: Optional[int], impl: str, block: int = 0):
+  """Causal (optionally banded) attention over a full sequence with the chosen implementation; `block` is the
+  xla implementation's query block (0: one block)."""
   if impl == "xla":
-    return xla_attention(q, k, v, window=window)
+    return xla_attention(q, k, v, window=window, block=block)
   if impl == "cudnn":
     return cudnn_attention(q, k, v, window=window)
   if impl == "splash":
@@ -154,7 +183,7 @@ class SelfAttention(nn.Module):
     if self.decode:
       y = self._cached_attention(q, k, v, positions)
     else:
-      y = attend(q, k, v, window=self.window, impl=cfg.attention_impl)
+      y = attend(q, k, v, window=self.window, impl=cfg.attention_impl, block=cfg.attention_block)
     y = checkpoint_name(y, "attention_context")
     out = jnp.einsum("bthk,hkd->btd", y, w_out.astype(dtype)) + b_out.astype(dtype)
     return checkpoint_name(out, "attention_out")

@@ -37,6 +37,9 @@ class ModelConfig:
     attention_pattern: "dense" (every layer dense) or "alternating" (dense, local band, dense, ... as the paper).
     local_window: band width of the local layers: query i sees key j iff 0 <= i - j < local_window.
     attention_impl: "xla" (portable), "cudnn" (jax.nn.dot_product_attention on GPU), "splash" (Pallas on TPU).
+    attention_block: query block of the xla implementation. Each block attends only the key blocks its causal
+      band reaches, so fully masked blocks cost nothing (a local layer's work grows with window, not T).
+      0, or a sequence length that is not a larger multiple of it, computes one masked block.
     dtype: compute dtype name ("float32" or "bfloat16"); parameters are always float32.
     remat_policy: one of REMAT_POLICIES; "none" disables rematerialization.
     scan_layers: scan over the layer stack (one compiled body); False unrolls (for debugging).
@@ -56,6 +59,7 @@ class ModelConfig:
   attention_pattern: str = "dense"
   local_window: int = 256
   attention_impl: str = "xla"
+  attention_block: int = 128
   dtype: str = "float32"
   remat_policy: str = "none"
   scan_layers: bool = True
@@ -74,6 +78,7 @@ class ModelConfig:
          f"remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}"),
         (self.dtype in ("float32", "bfloat16", "float16"), f"dtype={self.dtype!r}; use float32 or bfloat16"),
         (self.local_window > 0, f"local_window must be positive, got {self.local_window}"),
+        (self.attention_block >= 0, f"attention_block must be >= 0 (0: one block), got {self.attention_block}"),
         (self.scan_unroll >= 1, f"scan_unroll must be >= 1, got {self.scan_unroll}"),
         (self.attention_pattern != "alternating" or self.n_layers % 2 == 0,
          f"attention_pattern='alternating' needs an even n_layers (dense/local pairs), got {self.n_layers}"),
