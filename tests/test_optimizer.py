@@ -90,3 +90,18 @@ def test_decay_mask_on_the_real_model():
   sizes = [np.prod(x.shape) for x, m in zip(jax.tree.leaves(shapes), jax.tree.leaves(mask)) if m]
   d, a, f = 24, 16, 96
   assert sum(sizes) == 4 * (d * 3 * a + a * d + d * f + f * d)
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0])  # global norm below and above the clip
+def test_clip_with_precomputed_norm_equals_optax_clip(scale):
+  """Our clip, computing the norm itself or given it, is optax.clip_by_global_norm bit for bit; a given norm is
+  the one used (the train step passes the norm it already computed)."""
+  grads = {"a": jnp.arange(6.0).reshape(2, 3) * scale, "b": jnp.array([-1.0, 2.0]) * scale}
+  want, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+  clip = opt.clip_by_global_norm(1.0)
+  for got, _ in (clip.update(grads, clip.init(grads)),
+                 clip.update(grads, clip.init(grads), grad_norm=optax.tree.norm(grads))):
+    for key in grads:
+      np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
+  told, _ = clip.update(grads, clip.init(grads), grad_norm=jnp.float32(100.0))
+  np.testing.assert_allclose(np.asarray(told["a"]), np.asarray(grads["a"]) / 100.0, rtol=1e-6)

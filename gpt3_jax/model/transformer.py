@@ -174,11 +174,14 @@ class GPT(nn.Module):
     return self.ln_f(x)
 
   def logits(self, x: jax.Array) -> jax.Array:
-    """Tied output projection; padded vocabulary entries are pushed to -1e9 (probability exactly 0)."""
+    """Tied output projection; padded vocabulary entries get -1e9 added (probability exactly 0).
+
+    An added [V] bias rather than a select: its gradient is the identity, so the backward pass has no masking
+    pass over the [B, T, V] logits gradient."""
     logits = jnp.einsum("btd,vd->btv", x, self.wte.astype(x.dtype), preferred_element_type=jnp.float32)
     logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
     real = jnp.arange(self.cfg.padded_vocab_size) < self.cfg.vocab_size
-    return jnp.where(real, logits, _MASK_VALUE)
+    return logits + jnp.where(real, 0.0, _MASK_VALUE).astype(logits.dtype)
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:

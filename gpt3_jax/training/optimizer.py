@@ -8,6 +8,7 @@ import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -48,12 +49,27 @@ def decay_mask(params):
       lambda path, _: str(getattr(path[-1], "key", "")).endswith("kernel"), params)
 
 
-def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """optax.clip_by_global_norm (same arithmetic) that can reuse a norm the caller already computed: pass
+  `grad_norm=` to update() (the train step computes it for its metrics; recomputing it reads every gradient
+  once more)."""
+
+  def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+    del params, extra_args
+    norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
+    keep = norm < max_norm
+    return jax.tree.map(lambda g: jnp.where(keep, g, (g / norm.astype(g.dtype)) * max_norm), updates), state
+
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformationExtraArgs:
   """Clip -> Adam -> decoupled weight decay, WITHOUT the learning rate: the train step multiplies the result by
   -lr, with lr computed on the host from the exact number of tokens seen (so the schedule stays a function of
-  tokens with or without the batch-size ramp). Together this is exactly optax.adamw after clipping."""
+  tokens with or without the batch-size ramp). Together this is exactly optax.adamw after clipping.
+  update() takes an optional `grad_norm=`: the gradients' global norm, when the caller has it already."""
   return optax.chain(
-      optax.clip_by_global_norm(cfg.grad_clip_norm),
+      clip_by_global_norm(cfg.grad_clip_norm),
       optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
       optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
   )

@@ -62,7 +62,7 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, num_micr
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def apply(_):
-      direction, opt_state = tx.update(grads, state.opt_state, state.params)
+      direction, opt_state = tx.update(grads, state.opt_state, state.params, grad_norm=grad_norm)
       params = optax.apply_updates(state.params, optimizer_lib.apply_learning_rate(direction, learning_rate))
       return params, opt_state
 
