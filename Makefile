@@ -29,7 +29,7 @@ test: test-venv
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 benchmark: venv
-	$(PY) experiments/benchmark.py --gin_file=gin_configs/models/small.gin --gin_bindings="ModelConfig.scan_layers = False" --seq_len=256 --batch_size=4 --steps=6
+	$(PY) experiments/benchmark.py --gin_file=gin_configs/models/small.gin --gin_bindings="ModelConfig.scan_layers = False" --seq_len=256 --batch_size=4 --steps=10
 
 clean:
 	rm -rf $(WORKDIR) .pytest_cache
