@@ -66,6 +66,17 @@ def compiled_train_step(model_cfg, *, seq_len: int, batch_size: int, num_batches
     return compiled, state, batches, lr, time.perf_counter() - start
 
 
+def masked_attention_share(model_cfg, seq_len: int) -> float:
+  """Share of the PaLM-formula model FLOPs that are attention products of fully masked key blocks, which the
+  block-sparse attention does not compute (the formula counts every (query, key) pair, as PaLM does)."""
+  from gpt3_jax.model.attention import scores_computed
+  from gpt3_jax.model.config import flops_per_token
+
+  skipped = sum(seq_len * seq_len - scores_computed(seq_len, window, model_cfg.attention_block)
+                for window in model_cfg.layer_windows)
+  return 12 * model_cfg.n_heads * model_cfg.d_head * skipped / (seq_len * flops_per_token(model_cfg, seq_len))
+
+
 def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int, warmup: int = 3) -> dict:
   import statistics
 
@@ -99,6 +110,7 @@ def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int, warmup: i
       "model_tflops_s": flops_per_step / median_s / 1e12, "loss": float(metrics["loss"]),
       "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
       "page_faults_per_step": int(statistics.median(faults)),
+      "masked_attention_share": masked_attention_share(model_cfg, seq_len),
   }
   if peak is not None:
     result["mfu"] = flops_per_step / median_s / (peak * jax.device_count())

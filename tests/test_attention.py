@@ -107,6 +107,8 @@ def test_block_sparse_work_follows_the_band():
   assert matmul_flops(32, 32) / one_block == 15 / 64  # 2 key blocks per query block, 1 for the first
   # keys s - 99 .. s + 31 of a query block starting at s span 5 key blocks once the band is full
   assert matmul_flops(100, 32) / one_block == (1 + 2 + 3 + 4 + 5 * 4) / 64
+  for window, block in [(None, 0), (None, 32), (32, 32), (100, 32), (7, 64), (None, 100)]:
+    assert matmul_flops(window, block) == 2 * 2 * 2 * 16 * attention.scores_computed(256, window, block)
 
 
 def test_per_row_positions_match_numpy_reference():

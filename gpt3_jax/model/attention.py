@@ -60,6 +60,18 @@ def key_block_start(q_start: int, window: Optional[int], block: int) -> int:
   return 0 if window is None else max(0, (q_start - window + 1) // block) * block
 
 
+def blocks_apply(t_q: int, t_k: int, block: int) -> bool:
+  """Whether xla_attention runs block-sparse: self-attention over T > block tokens, T a multiple of block."""
+  return bool(block) and t_q == t_k and t_q > block and t_q % block == 0
+
+
+def scores_computed(t: int, window: Optional[int], block: int) -> int:
+  """(query, key) pairs xla_attention computes per head for a length-t sequence (t^2 in one block)."""
+  if not blocks_apply(t, t, block):
+    return t * t
+  return sum(block * (start + block - key_block_start(start, window, block)) for start in range(0, t, block))
+
+
 def xla_attention(q, k, v, *, window: Optional[int], q_positions=None, k_positions=None, block: int = 0):
   """Reference attention. q: [B, Tq, H, D]; k, v: [B, Tk, H, D] -> [B, Tq, H, D].
 
@@ -78,7 +90,7 @@ def xla_attention(q, k, v, *, window: Optional[int], q_positions=None, k_positio
   tk = k.shape[1]
   q = q * d ** -0.5
   qh, kh, vh = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, H, T, D]
-  if (block and q_positions is None and k_positions is None and tq == tk and tq > block and tq % block == 0):
+  if q_positions is None and k_positions is None and blocks_apply(tq, tk, block):
     outs = []
     for start in range(0, tq, block):
       stop, lo = start + block, key_block_start(start, window, block)
