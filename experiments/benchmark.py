@@ -66,11 +66,15 @@ def compiled_train_step(model_cfg, *, seq_len: int, batch_size: int, num_batches
     return compiled, state, batches, lr, time.perf_counter() - start
 
 
-def masked_attention_share(model_cfg, seq_len: int) -> float:
+def masked_attention_share(model_cfg, seq_len: int):
   """Share of the PaLM-formula model FLOPs that are attention products of fully masked key blocks, which the
-  block-sparse attention does not compute (the formula counts every (query, key) pair, as PaLM does)."""
+  block-sparse xla attention does not compute (the formula counts every (query, key) pair, as PaLM does).
+  None for the cudnn / splash kernels, which skip masked tiles of their own sizes."""
   from gpt3_jax.model.attention import scores_computed
   from gpt3_jax.model.config import flops_per_token
+
+  if model_cfg.attention_impl != "xla":
+    return None
 
   skipped = sum(seq_len * seq_len - scores_computed(seq_len, window, model_cfg.attention_block)
                 for window in model_cfg.layer_windows)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
 
+from gpt3_jax.model.attention import scores_computed
 from gpt3_jax.model.config import REMAT_POLICIES, ModelConfig, flops_per_token, param_counts
 from gpt3_jax.parallel import hardware
 from gpt3_jax.parallel import mesh as mesh_lib
@@ -100,7 +101,9 @@ def activation_bytes(cfg: ModelConfig, mesh_shape: Sequence[int], rows: int, seq
   alternating pattern, else 1), one layer keeps for the backward pass (elements):
     replicated over t:  6 * b*T*d   (block input, ln_1 out, attention out, mid residual, ln_2 out, MLP out)
     split over t:       b*T*(4a + 2f) / t   (q, k, v, attention context; MLP hidden before and after GELU)
-    attention probs:    b*h*T*T / t  (xla implementation only; flash kernels keep O(b*h*T) statistics)
+    attention probs:    b*h*P / t  (xla implementation only; flash kernels keep O(b*h*T) statistics), P the
+                        (query, key) pairs it computes (T*T in one block; fewer block-sparse), averaged
+                        over the layers' windows
   Policies, per device:
     none:                        L * layer
     full:                        L * b*T*d (the scan carry) + u * layer (recomputing one unit in the backward)
@@ -116,7 +119,8 @@ def activation_bytes(cfg: ModelConfig, mesh_shape: Sequence[int], rows: int, seq
   b, d, a, f, h, n = rows, cfg.d_model, cfg.attn_width, cfg.mlp_width, cfg.n_heads, cfg.n_layers
   u = 1 if cfg.attention_pattern == "dense" else 2
   bt = b * seq_len
-  probs = 0 if cfg.attention_impl != "xla" else b * h * seq_len * seq_len / t
+  pairs = sum(scores_computed(seq_len, w, cfg.attention_block) for w in cfg.layer_windows) / n
+  probs = 0 if cfg.attention_impl != "xla" else b * h * pairs / t
   layer = 6 * bt * d + bt * (4 * a + 2 * f) / t + probs
   fixed_bytes = 2 * bt * cfg.padded_vocab_size / t * 4 + 2 * u * (4 * d * a + 2 * d * f) / t * e
   saved = {

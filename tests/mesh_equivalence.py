@@ -13,7 +13,7 @@ from gpt3_jax.training import optimizer as opt_lib
 from gpt3_jax.training import train_state, train_step
 
 CFG = ModelConfig(vocab_size=500, n_ctx=32, d_model=64, n_layers=2, n_heads=4, d_head=16,
-                  attention_pattern="alternating", local_window=8)
+                  attention_pattern="alternating", local_window=8, attention_block=8)  # 4 query blocks
 BATCH = 8
 MESHES = {"single": (1, 1, 1), "dp": (8, 1, 1), "fsdp": (1, 8, 1), "tp": (1, 1, 4), "dp_fsdp": (2, 4, 1),
           "dp_tp": (2, 1, 4), "fsdp_tp": (1, 2, 4)}

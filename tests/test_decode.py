@@ -24,8 +24,9 @@ ATOL = 1e-4
 WINDOW = 3
 CONFIGS = {
     "dense": ModelConfig(vocab_size=100, n_ctx=40, d_model=32, n_layers=2, n_heads=4, d_head=8),
+    # attention_block=8: full-sequence forwards of 16, 24, ... tokens (recompute, scoring) run block-sparse.
     "alternating": ModelConfig(vocab_size=100, n_ctx=40, d_model=32, n_layers=2, n_heads=4, d_head=8,
-                               attention_pattern="alternating", local_window=WINDOW),
+                               attention_pattern="alternating", local_window=WINDOW, attention_block=8),
     "unscanned": ModelConfig(vocab_size=100, n_ctx=40, d_model=32, n_layers=2, n_heads=4, d_head=8,
                              attention_pattern="alternating", local_window=WINDOW, scan_layers=False),
 }

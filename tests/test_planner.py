@@ -76,6 +76,17 @@ def test_activation_estimate_matches_the_documented_formula():
   assert got["save_dots"] == int((n * b * t * (3 * d + (3 * a + f) / tp) + layer) * e + fixed)
 
 
+def test_activation_estimate_counts_the_attention_pairs_computed_block_sparse():
+  """Blocks of 4 over T=16: a dense layer computes 4 * (4 + 8 + 12 + 16) = 160 of the 256 (query, key) pairs, a
+  local layer of window 4 4 * (4 + 8 + 8 + 8) = 112; the estimate keeps b*h*pairs/t probabilities per layer."""
+  cfg = ModelConfig(n_ctx=16, d_model=8, n_layers=2, n_heads=2, d_head=4, vocab_size=128, d_ff=32,
+                    attention_pattern="alternating", local_window=4)
+  b, h, tp, e = 2, 2, 2, 4
+  one_block = planner.activation_bytes(cfg.replace(attention_block=0), (1, 1, tp), rows=b, seq_len=16)
+  blocked = planner.activation_bytes(cfg.replace(attention_block=4), (1, 1, tp), rows=b, seq_len=16)
+  assert one_block["none"] - blocked["none"] == int(b * h * ((256 - 160) + (256 - 112)) / tp * e)
+
+
 def _cfg(name):
   return configs.parse_and_build([f"gin_configs/models/{name}.gin"], []).model
 

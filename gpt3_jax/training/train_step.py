@@ -29,13 +29,14 @@ def loss_fn(params, cfg: ModelConfig, batch: jax.Array) -> Tuple[jax.Array, jax.
   return cross_entropy(logits, batch[:, 1:])
 
 
-def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, num_microbatches: int = 1
-                    ) -> Callable[[TrainState, jax.Array, jax.Array], Tuple[TrainState, Dict]]:
+def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformationExtraArgs,
+                    num_microbatches: int = 1) -> Callable[[TrainState, jax.Array, jax.Array], Tuple[TrainState, Dict]]:
   """Returns step(state, batch, learning_rate) -> (state, metrics).
 
   With num_microbatches > 1 the batch is split along rows and gradients are accumulated in a scan: numerically
   the large-batch gradient, at 1/m of the activation memory. A step whose loss or gradient norm is not finite
   changes nothing but the step counter (params and optimizer state are kept) and reports skipped = 1.
+  `tx` (optimizer.make_optimizer) receives the step's gradient norm as update(..., grad_norm=) for its clipping.
   """
 
   def grads_of(params, batch):
