@@ -86,9 +86,8 @@ def xla_attention(q, k, v, *, window: Optional[int], q_positions=None, k_positio
   Forward + backward on 2 CPU cores, H=12, D=64, block 128 (experiments/attention_benchmark.py): T=256, B=4
   dense 25 vs 32 ms; T=2048, B=1 dense 220 vs 391 ms, window 256 89 vs 386 ms.
   """
-  b, tq, h, d = q.shape
-  tk = k.shape[1]
-  q = q * d ** -0.5
+  tq, tk = q.shape[1], k.shape[1]
+  q = q * q.shape[-1] ** -0.5
   qh, kh, vh = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, H, T, D]
   if q_positions is None and k_positions is None and blocks_apply(tq, tk, block):
     outs = []
