@@ -70,14 +70,12 @@ def masked_attention_share(model_cfg, seq_len: int):
   """Share of the PaLM-formula model FLOPs that are attention products of fully masked key blocks, which the
   block-sparse xla attention does not compute (the formula counts every (query, key) pair, as PaLM does).
   None for the cudnn / splash kernels, which skip masked tiles of their own sizes."""
-  from gpt3_jax.model.attention import scores_computed
+  from gpt3_jax.model.attention import model_pairs_computed
   from gpt3_jax.model.config import flops_per_token
 
   if model_cfg.attention_impl != "xla":
     return None
-
-  skipped = sum(seq_len * seq_len - scores_computed(seq_len, window, model_cfg.attention_block)
-                for window in model_cfg.layer_windows)
+  skipped = model_cfg.n_layers * seq_len * seq_len - model_pairs_computed(model_cfg, seq_len)
   return 12 * model_cfg.n_heads * model_cfg.d_head * skipped / (seq_len * flops_per_token(model_cfg, seq_len))
 
 

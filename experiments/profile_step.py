@@ -77,7 +77,7 @@ def _exclusive_time(events: list) -> tuple:
 def matmul_flops(cfg, batch: int, seq: int) -> dict:
   """Matmul FLOPs of one training step (forward + backward = 3x forward) per group, as the model computes them
   (the attention core's are the block-sparse products actually computed, fewer than the PaLM formula counts)."""
-  from gpt3_jax.model.attention import scores_computed
+  from gpt3_jax.model.attention import model_pairs_computed
 
   tokens, layers = batch * seq, cfg.n_layers
   return {
@@ -85,8 +85,7 @@ def matmul_flops(cfg, batch: int, seq: int) -> dict:
       "attention projections matmuls": 3 * 2 * tokens * 4 * cfg.d_model * cfg.attn_width * layers,
       "LM head matmuls": 3 * 2 * tokens * cfg.d_model * cfg.padded_vocab_size,
       "attention core (scores, softmax, values)":
-          3 * 2 * 2 * batch * cfg.n_heads * cfg.d_head * sum(
-              scores_computed(seq, window, cfg.attention_block) for window in cfg.layer_windows),
+          3 * 2 * 2 * batch * cfg.n_heads * cfg.d_head * model_pairs_computed(cfg, seq),
   }
 
 

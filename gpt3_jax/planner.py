@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
 
-from gpt3_jax.model.attention import scores_computed
+from gpt3_jax.model.attention import model_pairs_computed
 from gpt3_jax.model.config import REMAT_POLICIES, ModelConfig, flops_per_token, param_counts
 from gpt3_jax.parallel import hardware
 from gpt3_jax.parallel import mesh as mesh_lib
@@ -119,7 +119,7 @@ def activation_bytes(cfg: ModelConfig, mesh_shape: Sequence[int], rows: int, seq
   b, d, a, f, h, n = rows, cfg.d_model, cfg.attn_width, cfg.mlp_width, cfg.n_heads, cfg.n_layers
   u = 1 if cfg.attention_pattern == "dense" else 2
   bt = b * seq_len
-  pairs = sum(scores_computed(seq_len, w, cfg.attention_block) for w in cfg.layer_windows) / n
+  pairs = model_pairs_computed(cfg, seq_len) / n  # per layer, averaged over dense and local
   probs = 0 if cfg.attention_impl != "xla" else b * h * pairs / t
   layer = 6 * bt * d + bt * (4 * a + 2 * f) / t + probs
   fixed_bytes = 2 * bt * cfg.padded_vocab_size / t * 4 + 2 * u * (4 * d * a + 2 * d * f) / t * e

@@ -109,6 +109,9 @@ def test_block_sparse_work_follows_the_band():
   assert matmul_flops(100, 32) / one_block == (1 + 2 + 3 + 4 + 5 * 4) / 64
   for window, block in [(None, 0), (None, 32), (32, 32), (100, 32), (7, 64), (None, 100)]:
     assert matmul_flops(window, block) == 2 * 2 * 2 * 16 * attention.scores_computed(256, window, block)
+  alternating = ModelConfig(n_ctx=256, n_layers=4, attention_pattern="alternating", local_window=32,
+                            attention_block=32)
+  assert attention.model_pairs_computed(alternating, 256) == 2 * (36 + 15) * 32 * 32  # 2 dense + 2 local layers
 
 
 def test_per_row_positions_match_numpy_reference():

@@ -72,6 +72,11 @@ def scores_computed(t: int, window: Optional[int], block: int) -> int:
   return sum(block * (start + block - key_block_start(start, window, block)) for start in range(0, t, block))
 
 
+def model_pairs_computed(cfg: ModelConfig, t: int) -> int:
+  """(query, key) pairs per head and sequence that all of the model's attention layers compute together."""
+  return sum(scores_computed(t, window, cfg.attention_block) for window in cfg.layer_windows)
+
+
 def xla_attention(q, k, v, *, window: Optional[int], q_positions=None, k_positions=None, block: int = 0):
   """Reference attention. q: [B, Tq, H, D]; k, v: [B, Tk, H, D] -> [B, Tq, H, D].
 
