@@ -63,7 +63,8 @@ class DataConfig:
     seed: data-order seed (used by the training iterator, not by preparation).
     tokenizer_train_chars: characters sampled from the text sources' train splits to train the tokenizer,
       split between text sources by weight.
-    tokenizer_path: an existing SentencePiece model (from `train_tokenizer`) to use instead of training one.
+    tokenizer_path: an existing SentencePiece model (from `train_tokenizer`) or Hugging Face tokenizer directory
+      (tokenizer.json, or vocab.json + merges.txt) to use instead of training one.
     character_coverage: fraction of characters with their own piece; the rest are spelled in bytes.
     byte_fallback: spell out-of-vocabulary characters as bytes (lossless); False maps them to <unk>.
     special_tokens: extra pieces never split or merged, besides <|endoftext|> and newline.
@@ -132,7 +133,7 @@ class Corpus:
     fingerprint: identifies the token streams and weights; a checkpoint's data position is only
       meaningful for the same fingerprint.
   """
-  tokenizer: Optional[tokenizer_lib.Tokenizer]
+  tokenizer: Optional[tokenizer_lib.TextTokenizer]
   train_tokens: np.ndarray
   valid_tokens: np.ndarray
   tokenizer_path: Optional[str]
@@ -325,7 +326,7 @@ def prepare_corpus(cfg: DataConfig) -> Corpus:
     logging.info("Text sources ready in %.1f s: %s", time.monotonic() - start, sorted(prepared))
     tok, tokenizer_path = None, None
     if cfg.tokenizer_path:
-      tok, tokenizer_path = tokenizer_lib.Tokenizer.load(cfg.tokenizer_path), cfg.tokenizer_path
+      tok, tokenizer_path = tokenizer_lib.load_tokenizer(cfg.tokenizer_path), os.path.abspath(cfg.tokenizer_path)
     elif prepared:
       text_weights = [w for s, w in zip(sources, weights) if s.name in prepared]
       tok, tokenizer_path = _train(cfg, list(prepared.values()), text_weights, None)

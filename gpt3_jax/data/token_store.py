@@ -64,7 +64,7 @@ def _text_of(example: Any, text_field: str = "text") -> str:
   return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
 
-def tokenize_split(data_source: Sequence[Any], tokenizer: tokenizer_lib.Tokenizer, out_path: str, *,
+def tokenize_split(data_source: Sequence[Any], tokenizer: tokenizer_lib.TextTokenizer, out_path: str, *,
                    num_threads: int | None = None, text_field: str = "text",
                    num_workers: int = 0) -> np.memmap:
   """Tokenizes every document of `data_source` into `out_path` (reused when already there) and maps it.
@@ -135,7 +135,7 @@ def tokenize_split(data_source: Sequence[Any], tokenizer: tokenizer_lib.Tokenize
 
 
 def load_tokens(path: str, dtype: np.dtype | str | None = None, *,
-                tokenizer: tokenizer_lib.Tokenizer | None = None) -> np.ndarray:
+                tokenizer: tokenizer_lib.TextTokenizer | None = None) -> np.ndarray:
   """Memory-maps a token file read-only (no copy).
 
   Args:

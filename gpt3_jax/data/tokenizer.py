@@ -21,7 +21,7 @@ import hashlib
 import itertools
 import os
 import tempfile
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 from absl import logging
 import sentencepiece as spm
@@ -30,6 +30,31 @@ EOT_PIECE = "<|endoftext|>"
 NEWLINE_PIECE = "\n"
 ENCODE_CHUNK_CHARS = 64 * 1024  # Encoding one huge string is ~4.5x slower than ~64K pieces.
 TRAIN_CHUNK_BYTES = 2048  # Below SentencePiece's max_sentence_length (4192 bytes).
+
+
+class TextTokenizer(Protocol):
+  """What the data pipeline, training, sampling and scoring need of a tokenizer. Two implementations: `Tokenizer`
+  (our SentencePiece BPE) and `hf_tokenizer.HFTokenizer` (a Hugging Face tokenizer directory)."""
+
+  vocab_size: int
+  eot_id: int
+  fingerprint: str
+
+  def encode(self, text: str) -> list[int]: ...
+
+  def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def load_tokenizer(path: str) -> TextTokenizer:
+  """A SentencePiece model file, or a Hugging Face tokenizer directory (tokenizer.json, or vocab.json +
+  merges.txt)."""
+  if os.path.isdir(path):
+    from gpt3_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+    return HFTokenizer.load(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"tokenizer {path!r} does not exist; pass a SentencePiece .model file or a Hugging "
+                            f"Face tokenizer directory")
+  return Tokenizer.load(path)
 
 
 class Tokenizer:
