@@ -49,20 +49,19 @@ def compiled_train_step(model_cfg, *, seq_len: int, batch_size: int, num_batches
   import numpy as np
 
   from gpt3_jax.parallel import mesh as mesh_lib
+  from gpt3_jax.training import assembly
   from gpt3_jax.training import optimizer as opt_lib
-  from gpt3_jax.training import train_state, train_step
 
-  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=(-1, 1, 1)))
-  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
+  asm = assembly.assemble(model_cfg, opt_lib.OptimizerConfig(), mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=(-1, 1, 1))),
+                          seq_len=seq_len)
   lr = np.float32(1e-4)
   rng = np.random.default_rng(0)
-  with mesh_lib.activate(mesh):
-    state, shardings = train_state.create_state(model_cfg, tx, mesh, seed=0)
-    step = train_step.jit_train_step(train_step.make_train_step(model_cfg, tx), shardings, mesh)
-    batches = [jax.device_put(rng.integers(0, model_cfg.vocab_size, (batch_size, seq_len + 1)).astype(np.int32),
-                              mesh_lib.batch_sharding(mesh)) for _ in range(num_batches)]
+  with asm.activate():
+    state = asm.fresh_state(seed=0)
+    batches = [asm.place_batch(rng.integers(0, model_cfg.vocab_size, (batch_size, seq_len + 1)).astype(np.int32))
+               for _ in range(num_batches)]
     start = time.perf_counter()
-    compiled = step.lower(state, batches[0], lr).compile()
+    compiled = asm.compile_train_step(batch_size)
     return compiled, state, batches, lr, time.perf_counter() - start
 
 

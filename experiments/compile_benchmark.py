@@ -31,19 +31,15 @@ def compile_seconds(cfg, batch_size: int) -> tuple[float, float]:
   import numpy as np
 
   from gpt3_jax.parallel import mesh as mesh_lib
+  from gpt3_jax.training import assembly
   from gpt3_jax.training import optimizer as opt_lib
-  from gpt3_jax.training import train_state, train_step
 
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=(-1, 1, 1)))
-  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
-  with mesh_lib.activate(mesh):
-    state = train_state.abstract_state(cfg, tx, mesh)
-    shardings = train_state.state_shardings(cfg, tx, mesh)
-    batch = jax.ShapeDtypeStruct((batch_size, cfg.n_ctx + 1), np.int32, sharding=mesh_lib.batch_sharding(mesh))
+  asm = assembly.assemble(cfg, opt_lib.OptimizerConfig(), mesh, seq_len=cfg.n_ctx)
+  with asm.activate():
     lr = jax.ShapeDtypeStruct((), np.float32, sharding=mesh_lib.replicated(mesh))
-    step = train_step.jit_train_step(train_step.make_train_step(cfg, tx), shardings, mesh)
     start = time.perf_counter()
-    lowered = step.lower(state, batch, lr)
+    lowered = asm.train_step.lower(asm.abstract_state, asm.batch_spec(batch_size), lr)
     mid = time.perf_counter()
     lowered.compile()
     end = time.perf_counter()

@@ -2,6 +2,8 @@
 
 gin files bind their fields (`ModelConfig.d_model = 768`); `parse_and_build` applies files then bindings (later
 ones win) and constructs the bundle. gin files may `include` others by path relative to the repository root.
+Each bundle carries the operative config text of its own parse, so a process that parses several runs (a
+notebook, a sweep driver) writes each run's own config.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from typing import Sequence
 
 import gin
 
+from gpt3_jax.errors import one_line
+
 from gpt3_jax.data.corpus import DataConfig
 from gpt3_jax.data.sources import SourceConfig
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.parallel.mesh import MeshConfig
 from gpt3_jax.training.optimizer import OptimizerConfig
-from gpt3_jax.training.trainer import TrainConfig
+from gpt3_jax.training.config import TrainConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_CLASSES = {cls.__name__: cls for cls in (ModelConfig, DataConfig, OptimizerConfig, MeshConfig, TrainConfig)}
@@ -34,6 +38,7 @@ class ConfigBundle:
   mesh: MeshConfig
   train: TrainConfig
   model_vocab_bound: bool = False  # ModelConfig.vocab_size was set in gin (else the tokenizer decides)
+  operative_config: str = ""  # gin's operative config of this parse: every value the configs were built with
 
   def check_vocab(self) -> None:
     """For training: a vocabulary bound on the model must be the one the tokenizer is trained to."""
@@ -41,11 +46,6 @@ class ConfigBundle:
       raise ValueError(f"ModelConfig.vocab_size={self.model.vocab_size} differs from the tokenizer's "
                        f"DataConfig.vocab_size={self.data.vocab_size}; bind both to the same value (or drop the "
                        f"ModelConfig binding to take the tokenizer's)")
-
-
-def _first_line(e: Exception) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0] if text else type(e).__name__
 
 
 def parse_and_build(gin_files: Sequence[str], bindings: Sequence[str]) -> ConfigBundle:
@@ -60,31 +60,17 @@ def parse_and_build(gin_files: Sequence[str], bindings: Sequence[str]) -> Config
     files = [p if os.path.isfile(p) else os.path.join(REPO_ROOT, p) for p in gin_files]
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
   except (ValueError, OSError, SyntaxError, KeyError) as e:
-    raise ValueError(f"bad gin configuration: {_first_line(e)}; check the names in your --gin_file / "
+    raise ValueError(f"bad gin configuration: {one_line(e)}; check the names in your --gin_file / "
                      f"--gin.NAME=VALUE flags") from None
   try:
     built = {name: make() for name, make in _CONFIGURABLES.items()}
   except (TypeError, ValueError) as e:
-    raise ValueError(f"bad configuration: {_first_line(e)}") from None
+    raise ValueError(f"bad configuration: {one_line(e)}") from None
   try:
     gin.query_parameter("ModelConfig.vocab_size")
     vocab_bound = True
   except ValueError:
     vocab_bound = False
   return ConfigBundle(model=built["ModelConfig"], data=built["DataConfig"], optimizer=built["OptimizerConfig"],
-                      mesh=built["MeshConfig"], train=built["TrainConfig"], model_vocab_bound=vocab_bound)
-
-
-def write_operative_config(workdir: str) -> str:
-  """Writes the operative gin config (every value the run used) to workdir/operative_config.gin."""
-  import jax
-  path = os.path.join(workdir, "operative_config.gin")
-  if jax.process_index() == 0:
-    try:
-      os.makedirs(workdir, exist_ok=True)
-      with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(gin.operative_config_str())
-      os.replace(path + ".tmp", path)
-    except OSError as e:
-      raise ValueError(f"workdir {workdir!r} cannot be written ({e.strerror}); pass a writable --workdir") from None
-  return path
+                      mesh=built["MeshConfig"], train=built["TrainConfig"], model_vocab_bound=vocab_bound,
+                      operative_config=gin.operative_config_str())

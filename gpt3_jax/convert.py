@@ -1,32 +1,27 @@
-"""Convert between a Hugging Face GPT-2 directory and a gpt3_jax params checkpoint.
+"""Convert between a Hugging Face GPT-2 directory and a gpt3_jax workdir.
 
-  python -m gpt3_jax.convert --from_hf=HF_DIR --workdir=OUT   # HF config.json + weights -> OUT/hf_import (orbax)
-                                                              #   and OUT/model_config.json
-  python -m gpt3_jax.convert --to_hf=HF_DIR --workdir=IN      # IN/<checkpoint> + IN/model_config.json ->
-                                                              #   HF_DIR/config.json + HF_DIR/model.safetensors
+  python -m gpt3_jax.convert --from_hf=HF_DIR --workdir=OUT   # HF config.json + weights (+ tokenizer files) ->
+                                                              #   OUT/hf_import, OUT/model_config.json, OUT/tokenizer
+  python -m gpt3_jax.convert --to_hf=HF_DIR --workdir=IN      # IN's newest params -> HF_DIR/config.json +
+                                                              #   HF_DIR/model.safetensors
 
 Import reads model.safetensors (or a sharded model.safetensors.index.json) with the safetensors NumPy API, or
-pytorch_model.bin (needs torch). Export writes safetensors with NumPy only; transformers.GPT2LMHeadModel
-.from_pretrained(HF_DIR) loads it.
+pytorch_model.bin (needs torch), and keeps the tokenizer files (tokenizer.json, vocab.json + merges.txt), so the
+import can sample, score and be trained on text. Export writes safetensors with NumPy only;
+transformers.GPT2LMHeadModel.from_pretrained(HF_DIR) loads it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Optional
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from absl import app, flags
 
+from gpt3_jax import workdir as workdir_lib
 from gpt3_jax.interop import hf_gpt2
 from gpt3_jax.model.config import ModelConfig
-
-CHECKPOINT_NAME = "hf_import"
-CONFIG_NAME = "model_config.json"
 
 
 def load_hf_state_dict(hf_dir: str) -> dict:
@@ -48,68 +43,59 @@ def load_hf_state_dict(hf_dir: str) -> dict:
   raise FileNotFoundError(f"{hf_dir} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
-def import_hf(hf_dir: str, workdir: str, *, checkpoint: str = CHECKPOINT_NAME) -> ModelConfig:
-  """HF GPT-2 directory -> orbax params at workdir/checkpoint and workdir/model_config.json."""
-  with open(os.path.join(hf_dir, "config.json")) as f:
+def import_hf(hf_dir: str, workdir: str) -> ModelConfig:
+  """HF GPT-2 directory -> a workdir with its params, ModelConfig and tokenizer files."""
+  config_path = os.path.join(hf_dir, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"--from_hf={hf_dir!r} has no config.json; pass a Hugging Face GPT-2 directory")
+  with open(config_path) as f:
     hf_config = json.load(f)
   cfg, params = hf_gpt2.params_from_hf(load_hf_state_dict(hf_dir), hf_config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(workdir, checkpoint), jax.tree.map(np.asarray, params))
-  checkpointer.wait_until_finished()
-  checkpointer.close()
-  with open(os.path.join(workdir, CONFIG_NAME), "w") as f:
-    json.dump(dataclasses.asdict(cfg), f, indent=2)
+  workdir_lib.save_import(workdir, cfg, params, hf_dir)
   return cfg
 
 
-def load_workdir(workdir: str, *, checkpoint: str = CHECKPOINT_NAME):
-  """(ModelConfig, params as NumPy) from a training run's newest checkpoint or a directory written by
-  `import_hf`."""
-  workdir = os.path.abspath(workdir)
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
-    from gpt3_jax.inference import session
-    cfg, params, _ = session.restore_training_params(os.path.join(workdir, "checkpoints"))
-    return cfg, jax.tree.map(np.asarray, params)
-  with open(os.path.join(workdir, CONFIG_NAME)) as f:
-    cfg = ModelConfig(**json.load(f))
-  checkpointer = ocp.StandardCheckpointer()
-  params = checkpointer.restore(os.path.join(workdir, checkpoint))
-  checkpointer.close()
-  return cfg, jax.tree.map(np.asarray, params)
+def load_workdir(workdir: str):
+  """(ModelConfig, params as NumPy) of a training run's newest checkpoint or an import."""
+  loaded = workdir_lib.load_model(workdir)
+  return loaded.cfg, loaded.params
 
 
-def export_hf(workdir: str, hf_dir: str, *, checkpoint: str = CHECKPOINT_NAME) -> None:
-  """workdir (model_config.json + orbax params) -> hf_dir/config.json + hf_dir/model.safetensors."""
+def export_hf(workdir: str, hf_dir: str) -> None:
+  """workdir's newest params -> hf_dir/config.json + hf_dir/model.safetensors (+ the import's tokenizer files)."""
+  import shutil
   from safetensors.numpy import save_file
 
-  cfg, params = load_workdir(workdir, checkpoint=checkpoint)
-  state_dict, hf_config = hf_gpt2.params_to_hf(cfg, params)
+  loaded = workdir_lib.load_model(workdir)
+  state_dict, hf_config = hf_gpt2.params_to_hf(loaded.cfg, loaded.params)
   os.makedirs(hf_dir, exist_ok=True)
-  save_file(state_dict, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
+  save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, os.path.join(hf_dir, "model.safetensors"),
+            metadata={"format": "pt"})
   with open(os.path.join(hf_dir, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2)
-
-
-flags.DEFINE_string("from_hf", None, "Hugging Face GPT-2 directory to import into --workdir.")
-flags.DEFINE_string("to_hf", None, "Directory to write a Hugging Face GPT-2 export of --workdir into.")
-flags.DEFINE_string("workdir", None, "gpt3_jax directory: model_config.json + an orbax params checkpoint.")
-flags.DEFINE_string("checkpoint", CHECKPOINT_NAME, "Name of the params checkpoint inside --workdir.")
-FLAGS = flags.FLAGS
+  if loaded.tokenizer_path and os.path.isdir(loaded.tokenizer_path):
+    for name in os.listdir(loaded.tokenizer_path):
+      shutil.copyfile(os.path.join(loaded.tokenizer_path, name), os.path.join(hf_dir, name))
 
 
 def main(argv: Optional[list] = None) -> None:
+  from absl import app
   del argv
   if FLAGS.workdir is None or (FLAGS.from_hf is None) == (FLAGS.to_hf is None):
     raise app.UsageError("give --workdir and exactly one of --from_hf / --to_hf")
   if FLAGS.from_hf:
-    cfg = import_hf(FLAGS.from_hf, FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+    cfg = import_hf(FLAGS.from_hf, FLAGS.workdir)
     print(f"imported {FLAGS.from_hf} -> {FLAGS.workdir}: {cfg}")
   else:
-    export_hf(FLAGS.workdir, FLAGS.to_hf, checkpoint=FLAGS.checkpoint)
+    export_hf(FLAGS.workdir, FLAGS.to_hf)
     print(f"exported {FLAGS.workdir} -> {FLAGS.to_hf}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from absl import app, flags
+  from gpt3_jax import errors
+  flags.DEFINE_string("from_hf", None, "Hugging Face GPT-2 directory to import into --workdir.")
+  flags.DEFINE_string("to_hf", None, "Directory to write a Hugging Face GPT-2 export of --workdir into.")
+  flags.DEFINE_string("workdir", None, "gpt3_jax workdir: a training run, or the target of an import.")
+  FLAGS = flags.FLAGS
+  app.run(errors.one_line_errors(main))

@@ -6,11 +6,14 @@ Modes:
   plan    what the configured model costs on a mesh and chip, without allocating it: parameter counts, per-device
           memory of params / gradients / optimizer state / activations, FLOPs, step time and tokens per day at
           an assumed MFU, and whether it fits (else a mesh that does); --plan_* flags, --json (gpt3_jax/planner.py).
-  sample  continue --prompt (or each line of --prompt_file) with the checkpoint in --workdir.
+  sample  continue --prompt (or each line of --prompt_file) with the newest checkpoint in --workdir, or with a
+          Hugging Face import (`python -m gpt3_jax.convert --from_hf`) and its tokenizer.
   score   one JSON line per text (--prompt / --prompt_file): token ids, per-token log-probs and their total.
 
 gin files configure the five config dataclasses (ModelConfig, DataConfig, OptimizerConfig, MeshConfig,
-TrainConfig); later files and bindings override earlier ones. The operative config is written to the workdir.
+TrainConfig); later files and bindings override earlier ones. The operative config is written to the workdir
+once the run's configuration is checked (and, on resume, found compatible with its checkpoint). Each mode is a
+module of gpt3_jax/modes/.
 
 Multi-process runs: --coordinator_address, --num_processes and --process_id on every process, or none of them
 inside a SLURM / Open MPI / multi-host TPU job (detected automatically); see docs/scaling.md.
@@ -18,14 +21,13 @@ inside a SLURM / Open MPI / multi-host TPU job (detected automatically); see doc
 
 from __future__ import annotations
 
-import json
 import logging as std_logging
-import os
 import sys
 from typing import List, Sequence
 
 from absl import app, flags, logging
 
+from gpt3_jax.errors import UserError, one_line_errors
 from gpt3_jax.parallel import host_memory
 
 flags.DEFINE_multi_string("gin_file", [], "gin config files, applied in order.")
@@ -63,10 +65,6 @@ flags.DEFINE_bool("plan_compile", False, "plan: also compile the real train step
 FLAGS = flags.FLAGS
 
 
-class UserError(Exception):
-  """A problem with the command line or configuration: printed as one line, exit status 2."""
-
-
 def split_gin_flags(argv: Sequence[str]) -> tuple[List[str], List[str]]:
   """Turns `--gin.NAME=VALUE` arguments into gin bindings; returns (remaining argv, bindings)."""
   rest, bindings = [], []
@@ -79,28 +77,19 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[List[str], List[str]]:
   return rest, bindings
 
 
-_EXTRA_BINDINGS: List[str] = []
-
-
-def parse_flags(argv: Sequence[str]):
+def parse_flags(argv: Sequence[str]) -> List[str]:
+  """absl's parse, with the `--gin.NAME=VALUE` bindings handed to `main` as its arguments after argv[0]."""
   rest, bindings = split_gin_flags(argv)
-  _EXTRA_BINDINGS.extend(bindings)
   try:
-    return flags.FLAGS(rest)
+    positional = flags.FLAGS(rest)
   except flags.Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-
-
-def _prompts() -> List[str]:
-  if FLAGS.prompt_file:
-    if not os.path.isfile(FLAGS.prompt_file):
-      raise UserError(f"--prompt_file {FLAGS.prompt_file!r} does not exist")
-    with open(FLAGS.prompt_file, encoding="utf-8") as f:
-      return [line.rstrip("\n").replace("\\n", "\n") for line in f if line.strip()]
-  if FLAGS.prompt is not None:
-    return [FLAGS.prompt.replace("\\n", "\n")]
-  raise UserError(f"--mode={FLAGS.mode} needs --prompt or --prompt_file")
+  if len(positional) > 1:
+    print(f"error: unexpected argument {positional[1]!r}; settings are --gin.NAME=VALUE or --flag=value",
+          file=sys.stderr)
+    sys.exit(2)
+  return positional[:1] + bindings
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -113,75 +102,46 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or not any(n in record.pathname for n in self.NOISY)
 
 
-def _plan_options(bundle) -> dict:
-  """The --plan_* flags, with defaults from the gin-configured mesh and training settings."""
-  mesh = bundle.mesh.shape
-  if FLAGS.plan_mesh:
-    try:
-      mesh = tuple(int(x) for x in FLAGS.plan_mesh.split(","))
-    except ValueError:
-      raise UserError(f"--plan_mesh={FLAGS.plan_mesh!r} must be three integers 'data,fsdp,tensor'") from None
-  return dict(mesh_shape=mesh, num_devices=FLAGS.plan_devices, chip=FLAGS.plan_chip,
-              global_batch=FLAGS.plan_batch or bundle.train.global_batch_size,
-              seq_len=FLAGS.plan_seq_len or bundle.train.seq_len,
-              num_microbatches=FLAGS.plan_microbatches or bundle.train.num_microbatches,
-              mfu=FLAGS.plan_mfu, chip_memory_gb=FLAGS.plan_chip_memory_gb, compile=FLAGS.plan_compile,
-              optimizer=bundle.optimizer)
-
-
-def run(argv: Sequence[str]) -> None:
-  del argv
-  if FLAGS.verbosity < 1:
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+def _initialize_distributed() -> None:
   from gpt3_jax.parallel import distributed  # before any other JAX call: flags, then init, then configs
   info = distributed.initialize(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
       [int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids else None)
   if info.mode != "single":
     logging.info("distributed (%s): process %d of %d", info.mode, info.process_id, info.num_processes)
+
+
+def run(argv: Sequence[str]) -> None:
+  """Dispatches to the mode's module; argv[1:] are the `--gin.NAME=VALUE` bindings."""
+  if FLAGS.verbosity < 1:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+  _initialize_distributed()
   from gpt3_jax import configs  # imports jax: keep flag errors fast
 
-  bundle = configs.parse_and_build(FLAGS.gin_file, list(FLAGS.gin_bindings) + _EXTRA_BINDINGS)
+  bundle = configs.parse_and_build(FLAGS.gin_file, list(FLAGS.gin_bindings) + list(argv[1:]))
   if FLAGS.mode == "plan":
-    from gpt3_jax import planner
-    report = planner.plan_report(bundle.model, **_plan_options(bundle))
-    print(json.dumps(report) if FLAGS.json else planner.format_report(report))
-    return
+    from gpt3_jax.modes import plan
+    return plan.run(bundle, FLAGS)
   if not FLAGS.workdir:
     raise UserError(f"--mode={FLAGS.mode} needs --workdir=DIR")
   if FLAGS.mode == "train":
-    from gpt3_jax import run_summary
-    from gpt3_jax.training import trainer
-    configs.write_operative_config(FLAGS.workdir)
-    bundle.check_vocab()
-    summary = trainer.train(bundle.model, bundle.data, bundle.optimizer, bundle.mesh, bundle.train, FLAGS.workdir)
-    run_summary.print_summary(summary, bundle.train)
-    return
-  from gpt3_jax.inference import session
-  model = session.load(FLAGS.workdir)
-  texts = _prompts()
+    from gpt3_jax.modes import train
+    return train.run(bundle, FLAGS.workdir)
+  from gpt3_jax.modes import texts as texts_lib
+  texts = texts_lib.read_texts(FLAGS.mode, FLAGS.prompt, FLAGS.prompt_file)
   if FLAGS.mode == "sample":
-    for text, completion in zip(texts, model.sample(texts, max_new_tokens=FLAGS.max_new_tokens,
-                                                    temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-                                                    top_p=FLAGS.top_p, seed=FLAGS.seed)):
-      print(f"=== prompt: {text!r}\n{text}{completion}")
-  else:
-    for row in model.score(texts):
-      print(json.dumps(row))
+    from gpt3_jax.modes import sample
+    return sample.run(FLAGS.workdir, texts, max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
+                      top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
+  from gpt3_jax.modes import score
+  return score.run(FLAGS.workdir, texts)
 
 
+@one_line_errors
 def main(argv: Sequence[str]) -> None:
   if FLAGS.retain_host_memory:
     host_memory.retain_freed_memory()  # before JAX starts its thread pools
-  try:
-    run(argv)
-  except (UserError, ValueError, FileNotFoundError) as e:
-    if os.environ.get("GPT3_JAX_TRACEBACK"):
-      raise
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    logging.flush()
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+  run(argv)
 
 
 if __name__ == "__main__":

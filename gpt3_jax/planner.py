@@ -61,7 +61,7 @@ def state_layout(cfg: ModelConfig, tx: optax.GradientTransformation) -> Tuple[An
   PartitionSpecs that train_state.state_shardings maps through the rules table (optimizer moments like their
   params, scalars replicated)."""
   param_specs = train_state.param_logical_specs(cfg)
-  shapes = jax.eval_shape(lambda r: train_state._fresh_state(cfg, tx, r), jax.random.key(0))
+  shapes = train_state.state_shapes(cfg, tx)
   opt_specs = optax.tree_map_params(tx, lambda _, s: s, shapes.opt_state, param_specs,
                                    transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
   return shapes, train_state.TrainState(step=P(), params=param_specs, opt_state=opt_specs)
@@ -374,20 +374,14 @@ def format_report(report: Dict[str, Any]) -> str:
 def _compile_in_this_process(request: Dict[str, Any]) -> Dict[str, Any]:
   """The subprocess side of compile_memory: this process has exactly math.prod(mesh) (fake) devices."""
   import time
-  import numpy as np
-  from gpt3_jax.training import train_step as step_lib
+  from gpt3_jax.training import assembly
   cfg = ModelConfig(**request["model"])
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=tuple(request["mesh"])))
-  tx = make_tx()
-  with mesh_lib.activate(mesh):
-    state = train_state.abstract_state(cfg, tx, mesh)
-    shardings = train_state.state_shardings(cfg, tx, mesh)
-    batch = jax.ShapeDtypeStruct((request["global_batch"], request["seq_len"] + 1), np.int32,
-                                 sharding=mesh_lib.batch_sharding(mesh))
-    lr = jax.ShapeDtypeStruct((), np.float32, sharding=mesh_lib.replicated(mesh))
-    step = step_lib.jit_train_step(step_lib.make_train_step(cfg, tx, request["num_microbatches"]), shardings, mesh)
+  asm = assembly.assemble(cfg, optimizer_lib.OptimizerConfig(), mesh, seq_len=request["seq_len"],
+                          num_microbatches=request["num_microbatches"])
+  with asm.activate():
     start = time.perf_counter()
-    compiled = step.lower(state, batch, lr).compile()
+    compiled = asm.compile_train_step(request["global_batch"])
     seconds = time.perf_counter() - start
   m = compiled.memory_analysis()
   out = {"devices": len(jax.devices()), "compile_seconds": seconds,

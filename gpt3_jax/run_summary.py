@@ -3,33 +3,43 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
 
 import jax
 
+from gpt3_jax.training.run_result import RunResult
 
-def print_summary(summary: Dict[str, Any], train_cfg) -> None:
+
+def _sample(result: RunResult, train_cfg) -> str:
   from gpt3_jax.inference import sampling
-  if summary.get("preempted"):
+  tokenizer = result.tokenizer
+  prompt_ids = tokenizer.encode(train_cfg.sample_prompt) if train_cfg.sample_prompt else [tokenizer.eot_id]
+  new = sampling.generate(result.model_config, result.state.params, [prompt_ids],
+                          max_new_tokens=train_cfg.sample_tokens, temperature=train_cfg.sample_temperature,
+                          eot_id=tokenizer.eot_id, seed=train_cfg.seed)[0]
+  return tokenizer.decode(new)
+
+
+def print_summary(result: RunResult, train_cfg) -> None:
+  if result.preempted:
     if jax.process_index() == 0:
-      print(f"preempted at step {summary['step']}: checkpoint saved; run the same command again to resume")
+      print(f"preempted at step {result.step}: checkpoint saved; run the same command again to resume")
     return
-  cfg, tokenizer = summary["model_config"], summary["tokenizer"]
-  completion = ""
-  if train_cfg.sample_tokens > 0:
-    prompt_ids = tokenizer.encode(train_cfg.sample_prompt) if train_cfg.sample_prompt else [tokenizer.eot_id]
-    new = sampling.generate(cfg, summary["state"].params, [prompt_ids], max_new_tokens=train_cfg.sample_tokens,
-                            temperature=train_cfg.sample_temperature, eot_id=tokenizer.eot_id,
-                            seed=train_cfg.seed)[0]
-    completion = tokenizer.decode(new)
+  sampled = train_cfg.sample_tokens > 0 and result.tokenizer is not None
+  completion = _sample(result, train_cfg) if sampled else ""  # every process: sampling runs on the global mesh
   if jax.process_index() != 0:
     return
-  loss, unigram = summary["eval_loss"], summary["unigram_loss"]
+  loss, unigram = result.eval_loss, result.unigram_loss
   print("=" * 72)
-  print(f"step {summary['step']}: validation loss {loss:.3f} nats/token (perplexity {math.exp(loss):.1f})")
+  print(f"step {result.step}: validation loss {loss:.3f} nats/token (perplexity {math.exp(min(loss, 50)):.1f})")
+  for key, value in sorted(result.eval_metrics.items()):
+    if key != "loss":
+      print(f"  {key.removesuffix('/loss')}: {value:.3f} nats/token")
   print(f"unigram baseline on the same split: {unigram:.3f} nats/token (perplexity {math.exp(unigram):.1f})")
-  print(f"the model is {unigram - loss:.3f} nats/token below the unigram baseline")
-  if train_cfg.sample_tokens > 0:
+  gap = unigram - loss
+  print(f"the model is {abs(gap):.3f} nats/token {'below' if gap >= 0 else 'ABOVE'} the unigram baseline")
+  if sampled:
     print(f"--- sample (temperature {train_cfg.sample_temperature}) ---")
     print(f"{train_cfg.sample_prompt}{completion}")
+  elif train_cfg.sample_tokens > 0:
+    print("--- no sample: this run has no tokenizer (token-file data); set DataConfig.tokenizer_path to decode ---")
   print("=" * 72)

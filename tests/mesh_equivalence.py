@@ -10,7 +10,7 @@ import numpy as np
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.parallel import mesh as mesh_lib
 from gpt3_jax.training import optimizer as opt_lib
-from gpt3_jax.training import train_state, train_step
+from gpt3_jax.training import assembly
 
 CFG = ModelConfig(vocab_size=500, n_ctx=32, d_model=64, n_layers=2, n_heads=4, d_head=16,
                   attention_pattern="alternating", local_window=8, attention_block=8)  # 4 query blocks
@@ -22,15 +22,14 @@ MESHES = {"single": (1, 1, 1), "dp": (8, 1, 1), "fsdp": (1, 8, 1), "tp": (1, 1, 
 def run(shape, microbatches=1, steps=3):
   n = int(np.prod(shape))
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=shape), devices=jax.devices()[:n])
-  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
+  asm = assembly.assemble(CFG, opt_lib.OptimizerConfig(), mesh, seq_len=CFG.n_ctx, num_microbatches=microbatches)
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, CFG.vocab_size, (BATCH, CFG.n_ctx + 1)).astype(np.int32) for _ in range(steps)]
-  with mesh_lib.activate(mesh):
-    state, shardings = train_state.create_state(CFG, tx, mesh, seed=0)
-    step = train_step.jit_train_step(train_step.make_train_step(CFG, tx, microbatches), shardings, mesh)
+  with asm.activate():
+    state = asm.fresh_state(seed=0)
     losses = []
     for batch in batches:
-      state, metrics = step(state, batch, np.float32(1e-2))
+      state, metrics = asm.train_step(state, batch, np.float32(1e-2))
       losses.append(float(metrics["loss"]))
   shards = {jax.tree_util.keystr(path): list(leaf.addressable_shards[0].data.shape)
             for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}

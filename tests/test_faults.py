@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import tiny_configs as tc
-from gpt3_jax.training import batch_ramp, checkpointing, trainer
+from gpt3_jax.training import assembly, batch_ramp, checkpointing, data_feed, guards, trainer
 from gpt3_jax.training import optimizer as opt_lib
-from gpt3_jax.training import train_state, train_step
 from gpt3_jax.parallel import mesh as mesh_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
@@ -34,7 +33,7 @@ def inject(monkeypatch):
 
   def install(rewrites):
     calls = {"n": 0}
-    original = trainer._DataFeed.next
+    original = data_feed.DataFeed.next
 
     def next_batch(self, batch_size):
       batch = original(self, batch_size)
@@ -44,7 +43,7 @@ def inject(monkeypatch):
         batch = jax.device_put(rewrites[calls["n"]](np.asarray(batch)), batch.sharding)
       return batch
 
-    monkeypatch.setattr(trainer._DataFeed, "next", next_batch)
+    monkeypatch.setattr(data_feed.DataFeed, "next", next_batch)
     return calls
 
   return install
@@ -53,11 +52,11 @@ def inject(monkeypatch):
 def test_nonfinite_step_changes_nothing_but_the_step():
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=(1, 1, 1)), devices=jax.devices()[:1])
   cfg = tc.MODEL.replace(vocab_size=128)
-  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
-  with mesh_lib.activate(mesh):
-    state, shardings = train_state.create_state(cfg, tx, mesh, seed=0)
+  asm = assembly.assemble(cfg, opt_lib.OptimizerConfig(), mesh, seq_len=cfg.n_ctx)
+  with asm.activate():
+    state = asm.fresh_state(seed=0)
     before = jax.device_get(state)
-    step = train_step.jit_train_step(train_step.make_train_step(cfg, tx), shardings, mesh)
+    step = asm.train_step
     batch = np.ones((4, cfg.n_ctx + 1), np.int32)
     batch[1, 3] = BAD_ID
     state, metrics = step(state, batch, np.float32(1e-3))
@@ -72,7 +71,7 @@ def test_nonfinite_step_changes_nothing_but_the_step():
 def test_consecutive_nonfinite_steps_stop_the_run(inject, tiny_text_dir, tiny_data_dir, tmp_path):
   poison = lambda b: np.full_like(b, BAD_ID)
   inject({4: poison, 5: poison, 6: poison})
-  with pytest.raises(trainer.NonFiniteLossError, match=r"3 consecutive steps .*\(steps 4-6\).*newest checkpoint \(step 6\) holds the parameters of step 3"):
+  with pytest.raises(guards.NonFiniteLossError, match=r"3 consecutive steps .*\(steps 4-6\).*newest checkpoint \(step 6\) holds the parameters of step 3"):
     trainer.train(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), tc.OPTIMIZER, tc.MESH,
                   tc.train(train_steps=10, max_consecutive_nonfinite=3), str(tmp_path))
   rows = _rows(str(tmp_path))
@@ -85,7 +84,7 @@ def test_isolated_nonfinite_step_is_skipped_and_training_continues(inject, tiny_
   inject({3: lambda b: np.full_like(b, BAD_ID)})
   summary = trainer.train(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), tc.OPTIMIZER, tc.MESH,
                           tc.train(train_steps=5), str(tmp_path))
-  assert summary["skipped_steps"] == 1 and summary["step"] == 5 and np.isfinite(summary["eval_loss"])
+  assert summary.skipped_steps == 1 and summary.step == 5 and np.isfinite(summary.eval_loss)
 
 
 def test_loss_spike_restores_and_skips(inject, tiny_text_dir, tiny_data_dir, tmp_path):
@@ -100,7 +99,7 @@ def test_loss_spike_restores_and_skips(inject, tiny_text_dir, tiny_data_dir, tmp
   events = _rows(str(tmp_path), "event")
   assert len(events) == 1 and events[0]["spike_step"] == 11.0, " ".join(f"{r['step']}:{r['loss']:.2f}" for r in _rows(str(tmp_path)))
   assert events[0]["restored_step"] == 10.0 and events[0]["skipped_batches"] == 2.0
-  assert summary["spike_recoveries"] == 1 and summary["step"] == 13
+  assert summary.spike_recoveries == 1 and summary.step == 13
   # 11 batches fed before the spike was read (the 12th was in flight), 2 skipped, then steps 11..13 again.
   assert calls["n"] == 12 + 3
   # Step 11's checkpoint (written before its loss was read) belongs to the spiking trajectory: set aside.
@@ -229,6 +228,6 @@ def test_spike_seen_at_preemption_is_recovered_before_the_final_save(inject, mon
   summary = trainer.train(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), fast, tc.MESH,
                           tc.train(train_steps=20, spike_factor=1.15, spike_window=3, spike_skip_batches=2,
                                    checkpoint_every=1, eval_every=100), str(tmp_path))
-  assert summary["preempted"] and summary["spike_recoveries"] == 1 and summary["step"] == 11
+  assert summary.preempted and summary.spike_recoveries == 1 and summary.step == 11
   assert [name.split("-")[0] for name in os.listdir(tmp_path / "checkpoints_abandoned")] == ["11"]
   assert max(int(s) for s in os.listdir(tmp_path / "checkpoints")) == 11  # re-done after the rollback

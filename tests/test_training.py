@@ -11,7 +11,7 @@ import pytest
 
 import tiny_configs as tc
 from gpt3_jax import configs
-from gpt3_jax.training import trainer
+from gpt3_jax.training import trainer, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +45,7 @@ def test_training_learns_and_writes_outputs(uninterrupted):
   workdir, summary = uninterrupted
   losses = _losses(workdir)
   assert losses[6] < losses[1] - 0.1, losses  # it learns something in 6 steps
-  assert summary["eval_loss"] < math.log(512)  # better than uniform over the vocabulary
+  assert summary.eval_loss < math.log(512)  # better than uniform over the vocabulary
   assert {"4", "6"} <= set(os.listdir(os.path.join(workdir, "checkpoints")))
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -81,7 +81,7 @@ def test_resume_with_changed_model_is_refused(uninterrupted, tiny_text_dir, tiny
 ])
 def test_validate_rejects_bad_training_settings(change, message, tiny_text_dir, tiny_data_dir, tmp_path):
   with pytest.raises(ValueError, match=message):
-    trainer.validate(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), tc.MESH, tc.train(**change), str(tmp_path))
+    validation.validate(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), tc.MESH, tc.train(**change), str(tmp_path))
 
 
 def test_gin_errors_are_one_line():
@@ -134,6 +134,16 @@ def test_main_end_to_end_and_bad_input(tiny_text_dir, tiny_data_dir, tmp_path):
   operative = (workdir / "operative_config.gin").read_text()
   assert "TrainConfig.train_steps = 3" in operative and "ModelConfig.d_model = 32" in operative
 
+  # The trained workdir samples and scores through main (same gin flags, as a user would repeat them).
+  sampled = _main(base + ["--mode=sample", "--prompt=import json", "--max_new_tokens=5", f"--workdir={workdir}"])
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  assert sampled.stdout.startswith("=== prompt: 'import json'\nimport json")
+  scored = _main(base + ["--mode=score", "--prompt=import json", f"--workdir={workdir}"])
+  assert scored.returncode == 0, scored.stderr[-3000:]
+  row = json.loads(scored.stdout.strip().splitlines()[-1])
+  assert row["text"] == "import json" and len(row["tokens"]) == len(row["logprobs"]) > 0
+  assert row["total"] == pytest.approx(sum(row["logprobs"])) and all(lp <= 0 for lp in row["logprobs"])
+
   # Bad input: each is one 'error:' line, non-zero exit, before any compilation; nothing written is harmed.
   before = sorted(os.listdir(workdir / "checkpoints"))
   _one_line_error(_main(base + ["--gin.TrainConfig.nonexistent=1", f"--workdir={workdir}"]), "nonexistent")
@@ -171,4 +181,4 @@ def test_resume_inside_a_ramp_stage_with_microbatches_and_spike_detection(tiny_t
   assert _losses(split) == _losses(full)
   rows = [json.loads(line) for line in open(os.path.join(split, "metrics.jsonl"))]
   assert [r["batch_size"] for r in rows if r["split"] == "train"] == [4, 4, 4, 4, 8, 8]
-  assert summary["spike_recoveries"] == 0
+  assert summary.spike_recoveries == 0

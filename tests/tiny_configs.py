@@ -4,7 +4,7 @@ from gpt3_jax.data.corpus import DataConfig
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.parallel.mesh import MeshConfig
 from gpt3_jax.training.optimizer import OptimizerConfig
-from gpt3_jax.training.trainer import TrainConfig
+from gpt3_jax.training.config import TrainConfig
 
 # attention_block=8: the training tests run the block-sparse attention (4 query blocks, the band skips some).
 MODEL = ModelConfig(n_ctx=32, d_model=32, n_layers=2, n_heads=2, d_head=16, attention_pattern="alternating",

@@ -18,6 +18,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from gpt3_jax.workdir import CHECKPOINT_ITEMS
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
@@ -50,7 +52,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=1, max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, create=True,
         cleanup_tmp_directories=True)  # a save interrupted by a kill leaves a tmp dir: removed on restart
-    self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
+    self._manager = ocp.CheckpointManager(directory, options=options, item_names=CHECKPOINT_ITEMS)
 
   def all_steps(self):
     return sorted(self._manager.all_steps())

@@ -48,9 +48,14 @@ def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Me
   return TrainState(step=rep, params=param_sh, opt_state=opt_sh)
 
 
+def state_shapes(cfg: ModelConfig, tx: optax.GradientTransformation) -> TrainState:
+  """ShapeDtypeStructs (no shardings) of every leaf of a fresh state, computed without allocating anything."""
+  return jax.eval_shape(lambda r: _fresh_state(cfg, tx, r), jax.random.key(0))
+
+
 def abstract_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
   """ShapeDtypeStructs with shardings: the restore target for checkpoints, and the planner's input."""
-  shapes = jax.eval_shape(lambda r: _fresh_state(cfg, tx, r), jax.random.key(0))
+  shapes = state_shapes(cfg, tx)
   shardings = state_shardings(cfg, tx, mesh)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 

@@ -1,0 +1,58 @@
+"""TrainConfig: the training loop's settings, and which of them a checkpoint pins."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+# ModelConfig fields that define the parameters: a checkpoint written with other values cannot be restored.
+ARCHITECTURE_FIELDS = ("vocab_size", "n_ctx", "d_model", "n_layers", "n_heads", "d_head", "d_ff",
+                       "attention_pattern", "local_window", "scan_layers")
+# TrainConfig fields that fix the data position and the tokens seen at a step (with DataConfig.seed, saved as
+# `data_seed`). The initialization seed is not among them: it matters only at step 0.
+STREAM_FIELDS = ("global_batch_size", "batch_ramp_tokens", "batch_ramp_start_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The loop's settings. Batch sizes count sequences of `seq_len` tokens over all processes.
+
+  Seeds: `seed` seeds the parameter initialization (and the end-of-run sample) only; the data order is
+  `DataConfig.seed`'s.
+
+  Initial state: a run resumes the newest checkpoint of its own workdir when there is one. Otherwise it starts
+  from scratch, or, with `init_from` set to another workdir (a training run or a `python -m gpt3_jax.convert
+  --from_hf` import), from that workdir's newest parameters with a fresh optimizer at step 0.
+  """
+
+  global_batch_size: int = 8
+  seq_len: Optional[int] = None  # None: the model's n_ctx
+  train_steps: int = 100
+  num_microbatches: int = 1
+  seed: int = 0
+  init_from: str = ""
+  log_every: int = 10
+  eval_every: int = 100
+  eval_batches: int = 8
+  checkpoint_every: int = 100
+  keep_checkpoints: int = 3
+  async_checkpointing: bool = True
+  peak_flops_per_device: Optional[float] = None  # None: datasheet peak, or a measured matmul on CPU
+  sample_prompt: str = ""
+  sample_tokens: int = 64
+  sample_temperature: float = 0.8
+  # Numerical faults: a non-finite step changes nothing; this many in a row stop the run.
+  max_consecutive_nonfinite: int = 5
+  # Loss spikes (PaLM): loss > spike_factor x the mean of the last spike_window losses restores the newest
+  # checkpoint before the spike and skips spike_skip_batches batches. spike_factor 0 turns detection off.
+  spike_factor: float = 0.0
+  spike_window: int = 20
+  spike_skip_batches: int = 100
+  max_spike_recoveries: int = 3
+  # Batch-size ramp (Appendix B): linear from batch_ramp_start_tokens per batch to the full batch over
+  # batch_ramp_tokens tokens, in power-of-two stages. 0 turns it off.
+  batch_ramp_tokens: float = 0.0
+  batch_ramp_start_tokens: float = 32768
+
+  def resolved_seq_len(self, n_ctx: int) -> int:
+    return self.seq_len or n_ctx
