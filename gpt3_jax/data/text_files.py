@@ -38,7 +38,9 @@ from gpt3_jax.data import documents
 
 DEFAULT_EXTENSIONS = (".txt", ".py", ".md", ".jsonl", ".jsonl.gz")
 DATASET_NAME = "local_text_files"
-_FORMAT_VERSION = 1  # Bump when the generated examples change for the same inputs.
+# 2: examples keyed by their relative key, so the order does not depend on where the corpus is. Bump when the
+# generated examples change for the same inputs.
+_FORMAT_VERSION = 2
 _MAX_LOGGED_NAMES = 20
 _PRUNED_DIRS = ("site-packages", "dist-packages", "__pycache__")
 
@@ -293,7 +295,9 @@ class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
             logging.warning("Skipped %s: %s while preparing.", f.path, doc.reason)
           self._skip(doc)
           continue
-        yield doc.key, {"text": doc.text, "path": f.path}
+        # TFDS orders examples by a hash of their key: keyed by the file's relative key (not its absolute path),
+        # the document order, and so the token stream, is the same wherever the corpus is.
+        yield f.key + doc.key[len(f.path):], {"text": doc.text, "path": f.path}
 
 
 def prepare_text_files(paths: PathsArg, data_dir: str, *,
