@@ -37,7 +37,11 @@ def tiny_flags(text_dir: str, data_dir: str, steps: int) -> List[str]:
           "--gin.TrainConfig.checkpoint_every=1", "--gin.TrainConfig.keep_checkpoints=3",
           "--gin.TrainConfig.log_every=1", f"--gin.TrainConfig.eval_every={steps}",
           "--gin.TrainConfig.eval_batches=1", "--gin.TrainConfig.sample_tokens=0",
-          "--gin.TrainConfig.peak_flops_per_device=1e11"]
+          "--gin.TrainConfig.peak_flops_per_device=1e11",
+          # A learning rate that trains (tiny.gin keeps the paper's 375M-token warmup): a lost or repeated update
+          # then changes the losses that compare() checks.
+          "--gin.OptimizerConfig.peak_learning_rate=3e-3", "--gin.OptimizerConfig.warmup_tokens=256",
+          "--gin.OptimizerConfig.decay_tokens=4096"]
 
 
 def make_corpus(root: str) -> str:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import gin
 
+from gpt3_jax import config_types
 from gpt3_jax.errors import one_line
 
 from gpt3_jax.data.corpus import DataConfig
@@ -62,10 +63,16 @@ def parse_and_build(gin_files: Sequence[str], bindings: Sequence[str]) -> Config
   except (ValueError, OSError, SyntaxError, KeyError) as e:
     raise ValueError(f"bad gin configuration: {one_line(e)}; check the names in your --gin_file / "
                      f"--gin.NAME=VALUE flags") from None
+  for name, cls in CONFIG_CLASSES.items():
+    config_types.check_bound(cls, name, gin.query_parameter)
   try:
     built = {name: make() for name, make in _CONFIGURABLES.items()}
-  except (TypeError, ValueError) as e:
+  except ValueError as e:  # the configs' own checks name the setting and a valid value
+    raise ValueError(one_line(e)) from None
+  except TypeError as e:
     raise ValueError(f"bad configuration: {one_line(e)}") from None
+  for config in built.values():
+    config_types.check_types(config)
   try:
     gin.query_parameter("ModelConfig.vocab_size")
     vocab_bound = True

@@ -50,6 +50,7 @@ def import_hf(hf_dir: str, workdir: str) -> ModelConfig:
     raise FileNotFoundError(f"--from_hf={hf_dir!r} has no config.json; pass a Hugging Face GPT-2 directory")
   with open(config_path) as f:
     hf_config = json.load(f)
+  hf_gpt2.check_exportable(hf_gpt2.config_from_hf(hf_config))  # refuse before reading any weights
   cfg, params = hf_gpt2.params_from_hf(load_hf_state_dict(hf_dir), hf_config)
   workdir_lib.save_import(workdir, cfg, params, hf_dir)
   return cfg

@@ -36,5 +36,9 @@ def one_line_errors(fn):
       logging.flush()
       print(f"error: {one_line(e)}", file=sys.stderr)
       sys.exit(2)
+    except Exception:
+      from gpt3_jax.parallel import peer_watchdog
+      peer_watchdog.await_verdict()  # a lost peer of a multi-process run: one line naming it, then exit
+      raise
 
   return wrapped

@@ -50,6 +50,8 @@ flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of pr
 flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's id in [0, num_processes).")
 flags.DEFINE_list("local_device_ids", None, "Multi-process: ids of the local devices this process uses.")
+flags.DEFINE_float("peer_timeout_s", 60.0, "Multi-process: a process that stops responding for this long stops "
+                   "the others with a one-line error naming it (gpt3_jax/parallel/peer_watchdog.py).")
 # --mode=plan (gpt3_jax/planner.py).
 flags.DEFINE_integer("plan_devices", None, "plan: number of chips (default: the mesh product, else 8).")
 flags.DEFINE_enum("plan_chip", "h100", ["v4", "v5e", "v5p", "v6e", "a100", "h100", "h200"], "plan: chip kind.")
@@ -106,7 +108,8 @@ def _initialize_distributed() -> None:
   from gpt3_jax.parallel import distributed  # before any other JAX call: flags, then init, then configs
   info = distributed.initialize(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-      [int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids else None)
+      [int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids else None,
+      peer_timeout_s=FLAGS.peer_timeout_s)
   if info.mode != "single":
     logging.info("distributed (%s): process %d of %d", info.mode, info.process_id, info.num_processes)
 

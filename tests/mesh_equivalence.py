@@ -19,7 +19,7 @@ MESHES = {"single": (1, 1, 1), "dp": (8, 1, 1), "fsdp": (1, 8, 1), "tp": (1, 1, 
           "dp_tp": (2, 1, 4), "fsdp_tp": (1, 2, 4)}
 
 
-def run(shape, microbatches=1, steps=3):
+def run(shape, microbatches=1, steps=3, lrs=(1e-2,) * 3):
   n = int(np.prod(shape))
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=shape), devices=jax.devices()[:n])
   asm = assembly.assemble(CFG, opt_lib.OptimizerConfig(), mesh, seq_len=CFG.n_ctx, num_microbatches=microbatches)
@@ -28,8 +28,8 @@ def run(shape, microbatches=1, steps=3):
   with asm.activate():
     state = asm.fresh_state(seed=0)
     losses = []
-    for batch in batches:
-      state, metrics = asm.train_step(state, batch, np.float32(1e-2))
+    for batch, lr in zip(batches, lrs):
+      state, metrics = asm.train_step(state, batch, np.float32(lr))
       losses.append(float(metrics["loss"]))
   shards = {jax.tree_util.keystr(path): list(leaf.addressable_shards[0].data.shape)
             for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
@@ -40,4 +40,7 @@ if __name__ == "__main__":
   out = {name: run(shape) for name, shape in MESHES.items()}
   out["single_accum4"] = run((1, 1, 1), microbatches=4)
   out["dp_accum4"] = run((2, 1, 1), microbatches=4)
+  # Deliberate bugs the comparison must catch: a lost update (step 2's learning rate 0) and every update 1% off.
+  out["single_lost_update"] = run((1, 1, 1), lrs=(1e-2, 0.0, 1e-2))
+  out["single_update_1pct_off"] = run((1, 1, 1), lrs=(1.01e-2,) * 3)
   json.dump(out, sys.stdout)

@@ -238,7 +238,7 @@ def test_token_files_alone_need_no_tokenizer(tmp_path):
   assert c.tokenizer is None and c.tokenizer_path is None and c.vocab_size == 1000
   np.testing.assert_array_equal(np.concatenate([c.train_tokens, c.valid_tokens]), ids)
   assert len(c.valid_tokens) == 400
-  with pytest.raises(ValueError, match=r"train\.bin holds id 999 .*vocabulary size 999"):
+  with pytest.raises(ValueError, match=r"train\.bin holds id 999 .*vocabulary size 999; set DataConfig.vocab_size"):
     corpus.prepare_corpus(corpus.DataConfig(
         sources=(sources.SourceConfig(name="owt", train_path=train),), data_dir=str(tmp_path / "cache"),
         vocab_size=999))
@@ -292,3 +292,20 @@ def test_export_cli_with_tokenize_workers_writes_nanogpt_files(jsonl_dir, tmp_pa
                                               tokenizer_path=str(out / "tokenizer.model")))
   np.testing.assert_array_equal(train, c.train_tokens)
   assert int((train == tok.eot_id).sum()) == 21  # bad_utf8.jsonl's good line + the 20 gzipped documents.
+
+
+def test_the_token_stream_does_not_depend_on_where_the_corpus_is(tmp_path):
+  """The same files under two different roots give the same train and validation streams, in the same order
+  (TFDS orders examples by a hash of their keys: keys are relative, not absolute paths)."""
+  import shutil
+  import sysconfig
+  streams = []
+  for root in ("a/deep/place", "elsewhere"):
+    text = tmp_path / root / "corpus"
+    shutil.copytree(os.path.join(sysconfig.get_paths()["stdlib"], "json"), text / "json",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    prepared = corpus.prepare_corpus(corpus.DataConfig(paths=(str(text),), data_dir=str(tmp_path / root / "data"),
+                                                       vocab_size=512, validation_fraction=0.2))
+    streams.append((np.asarray(prepared.train_tokens), np.asarray(prepared.valid_tokens)))
+  np.testing.assert_array_equal(streams[0][0], streams[1][0])
+  np.testing.assert_array_equal(streams[0][1], streams[1][1])

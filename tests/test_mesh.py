@@ -33,6 +33,15 @@ def test_losses_equal_single_device(results, name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["single_lost_update", "single_update_1pct_off"])
+def test_the_comparison_catches_a_lost_or_wrong_update(results, name):
+  """The learning rate (1e-2) moves the loss enough that a lost update or a 1% error in every update fails the
+  equality above."""
+  assert results[name]["losses"][0] == results["single"]["losses"][0]  # step 1 is before any update
+  assert results[name]["losses"][2] != pytest.approx(results["single"]["losses"][2], rel=RTOL)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name, fsdp, tp", [("dp", 1, 1), ("fsdp", 8, 1), ("tp", 1, 4), ("dp_fsdp", 4, 1),
                                             ("dp_tp", 1, 4), ("fsdp_tp", 2, 4)])
 def test_shard_shapes_follow_rules(results, name, fsdp, tp):

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -39,7 +40,13 @@ def _base(text_dir, data_dir, steps, mesh=("(2, 2, 2)", "(1, 1, 1)")):
           "--gin.TrainConfig.global_batch_size=8", f"--gin.TrainConfig.train_steps={steps}",
           "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.checkpoint_every=3",
           "--gin.TrainConfig.eval_batches=1", "--gin.TrainConfig.sample_tokens=4",
-          "--gin.TrainConfig.peak_flops_per_device=1e11"]
+          "--gin.TrainConfig.peak_flops_per_device=1e11", *FAST_LR]
+
+
+# The paper's warmup (375M tokens) would keep the learning rate near 1e-8 here: warm up over 2 steps instead, so a
+# wrong reduction or a lost update moves the loss (test_the_comparison_catches_a_wrong_update).
+FAST_LR = ["--gin.OptimizerConfig.peak_learning_rate=3e-3", "--gin.OptimizerConfig.warmup_tokens=512",
+           "--gin.OptimizerConfig.decay_tokens=8192"]
 
 
 def _env(devices):
@@ -102,6 +109,10 @@ def test_two_processes_match_one_process_and_resume(tiny_text_dir, tiny_data_dir
   assert sorted(one) == sorted(two) == [1, 2, 3]
   assert [two[s] for s in (1, 2, 3)] == pytest.approx([one[s] for s in (1, 2, 3)], rel=LOSS_RTOL)
   assert os.listdir(multi / "checkpoints") == ["3"]
+  # The comparison can fail: every update 1% larger (as a wrong reduction or clip would make it) moves step 3.
+  off = tmp_path / "one_x8_lr_1pct_off"
+  _run_single(_base(tiny_text_dir, tiny_data_dir, 3) + ["--gin.OptimizerConfig.peak_learning_rate=3.03e-3"], off)
+  assert _losses(off)[1] == one[1] and _losses(off)[3] != pytest.approx(two[3], rel=LOSS_RTOL)
   assert len(glob.glob(str(multi / "tensorboard" / "events.out.tfevents.*"))) == 1  # process 0 only
 
   # Resume both from their step-3 checkpoints to step 6: the continued losses still match.
@@ -113,6 +124,39 @@ def test_two_processes_match_one_process_and_resume(tiny_text_dir, tiny_data_dir
   assert len(glob.glob(str(multi / "tensorboard" / "events.out.tfevents.*"))) <= 2  # one per run, process 0
   evals = [r for r in _rows(multi) if r["split"] == "eval"]
   assert [r["step"] for r in evals] == [3, 6]
+
+
+@pytest.mark.slow
+def test_a_killed_peer_stops_the_other_in_one_line_within_the_timeout(tiny_text_dir, tiny_data_dir, tmp_path):
+  """SIGKILL process 1 mid-run: process 0 exits 3 within --peer_timeout_s (plus polling) with one error line
+  naming process 1, instead of waiting for the coordination service and dumping a native stack."""
+  workdir, port, timeout = tmp_path / "lost", _free_port(), 4
+  logs = [open(tmp_path / f"stderr{i}.txt", "w+") for i in range(2)]
+  procs = [subprocess.Popen([sys.executable, "-m", "gpt3_jax.main", *_base(tiny_text_dir, tiny_data_dir, 10**6, HYBRID),
+                             f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                             f"--process_id={i}", f"--peer_timeout_s={timeout}"],
+                            cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL, stderr=logs[i], text=True)
+           for i in range(2)]
+  try:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (workdir / "metrics.jsonl").exists() or '"train"' not in (workdir / "metrics.jsonl").read_text():
+      assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "the run did not start"
+      time.sleep(0.2)
+    procs[1].kill()
+    killed = time.monotonic()
+    procs[0].wait(timeout=60)
+    elapsed = time.monotonic() - killed
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  logs[0].seek(0)
+  stderr = logs[0].read()
+  errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+  assert procs[0].returncode == 3, stderr[-3000:]
+  assert len(errors) == 1 and errors[0].startswith("error: process 1 of 2 stopped responding"), stderr[-3000:]
+  assert elapsed < timeout + 5, elapsed
+  assert "Check failure" not in stderr and "Traceback" not in stderr
 
 
 # --- fast checks: flag consistency, cluster detection, hybrid mesh arithmetic (no devices needed) ------------------

@@ -74,7 +74,7 @@ def test_resume_with_changed_model_is_refused(uninterrupted, tiny_text_dir, tiny
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(global_batch_size=0), "not divisible by the data-parallel size"),
+    (dict(global_batch_size=0), "TrainConfig.global_batch_size must be positive, got 0; e.g. "),
     (dict(num_microbatches=3), "num_microbatches 3"),
     (dict(seq_len=64), "exceeds the model's position table"),
     (dict(train_steps=0), "train_steps must be positive"),

@@ -72,4 +72,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("tokenize_workers", 0, "grain worker processes for tokenization (0: threads).")
   flags.DEFINE_enum("format", "nanogpt", ["nanogpt", "llmc"], "Output layout.")
   FLAGS = flags.FLAGS
-  app.run(_main)
+  from gpt3_jax import errors  # pylint: disable=g-import-not-at-top
+  app.run(errors.one_line_errors(_main))

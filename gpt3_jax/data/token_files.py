@@ -49,7 +49,8 @@ def check_token_ids(tokens: np.ndarray, vocab_size: int, path: str) -> None:
     if len(chunk) and int(chunk.max()) >= vocab_size:
       bad = start + int(np.argmax(chunk >= vocab_size))
       raise ValueError(f"Token file {path} holds id {int(tokens[bad])} at position {bad}, not below the "
-                       f"vocabulary size {vocab_size}; check SourceConfig.vocab_size or the tokenizer.")
+                       f"vocabulary size {vocab_size}; set DataConfig.vocab_size above every id (e.g. 50257 for "
+                       f"GPT-2 ids) or use the tokenizer that made the file")
 
 
 def open_token_file(path: str, *, token_format: str = "auto", dtype: str = "uint16",

@@ -233,4 +233,5 @@ if __name__ == "__main__":
   flags.DEFINE_bool("split_digits", False, "Split numbers into digits.")
   flags.DEFINE_integer("train_chars", 20_000_000, "Characters sampled (split over sources by weight).")
   FLAGS = flags.FLAGS
-  app.run(_main)
+  from gpt3_jax import errors  # pylint: disable=g-import-not-at-top
+  app.run(errors.one_line_errors(_main))

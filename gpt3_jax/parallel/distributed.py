@@ -15,10 +15,13 @@ After it, `jax.devices()` lists every process's devices and `jax.local_devices()
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Mapping, Optional, Sequence
 
 import jax
+
+from gpt3_jax.parallel import peer_watchdog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,19 +84,26 @@ def check_flags(coordinator_address: Optional[str], num_processes: Optional[int]
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None, local_device_ids: Optional[Sequence[int]] = None,
-               environ: Mapping[str, str] = os.environ) -> DistributedInfo:
-  """Starts JAX's distributed runtime when there is more than one process (see the module docstring)."""
+               environ: Mapping[str, str] = os.environ, peer_timeout_s: float = 60.0) -> DistributedInfo:
+  """Starts JAX's distributed runtime when there is more than one process (see the module docstring), and the
+  peer watchdog: a lost process is reported in one line within `peer_timeout_s` (`peer_watchdog`)."""
   explicit = check_flags(coordinator_address, num_processes, process_id)
+  if not peer_timeout_s > 0:
+    raise ValueError(f"--peer_timeout_s must be positive, got {peer_timeout_s}; e.g. --peer_timeout_s=60")
   ids = list(local_device_ids) if local_device_ids else None
   if jax.distributed.is_initialized():
     return DistributedInfo("already", jax.process_index(), jax.process_count())
+  # The coordination service's own heartbeat is the backstop, after the watchdog had its chance to report.
+  heartbeat = max(2, int(math.ceil(2 * peer_timeout_s)))
   if explicit:
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, local_device_ids=ids)
+                               process_id=process_id, local_device_ids=ids, heartbeat_timeout_seconds=heartbeat)
+    peer_watchdog.start(peer_timeout_s)
     return DistributedInfo("explicit", process_id, num_processes)
   cluster = detect_cluster(environ)
   if cluster is not None:
-    jax.distributed.initialize(local_device_ids=ids)
+    jax.distributed.initialize(local_device_ids=ids, heartbeat_timeout_seconds=heartbeat)
+    peer_watchdog.start(peer_timeout_s)
     return DistributedInfo(f"auto:{cluster}", jax.process_index(), jax.process_count())
   if ids is not None:
     raise ValueError("--local_device_ids only applies to a multi-process run; also give the distributed flags")

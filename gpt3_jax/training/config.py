@@ -54,5 +54,19 @@ class TrainConfig:
   batch_ramp_tokens: float = 0.0
   batch_ramp_start_tokens: float = 32768
 
+  def __post_init__(self):
+    from gpt3_jax.config_types import check_finite
+    for name in ("global_batch_size", "train_steps", "num_microbatches", "log_every", "eval_every", "eval_batches",
+                 "checkpoint_every", "keep_checkpoints", "max_consecutive_nonfinite", "spike_window",
+                 "max_spike_recoveries"):
+      if isinstance(getattr(self, name), int) and getattr(self, name) <= 0:
+        raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}; e.g. "
+                         f"TrainConfig.{name} = {getattr(TrainConfig, name)}")
+    if isinstance(self.seq_len, int) and self.seq_len <= 0:
+      raise ValueError(f"TrainConfig.seq_len must be positive or None (the model's n_ctx), got {self.seq_len}")
+    for name in ("spike_factor", "batch_ramp_tokens", "sample_temperature"):
+      if isinstance(getattr(self, name), (int, float)):
+        check_finite("TrainConfig", name, getattr(self, name), low=0.0, example=getattr(TrainConfig, name))
+
   def resolved_seq_len(self, n_ctx: int) -> int:
     return self.seq_len or n_ctx

@@ -30,6 +30,20 @@ class OptimizerConfig:
   weight_decay: float = 0.1
   grad_clip_norm: float = 1.0
 
+  def __post_init__(self):
+    from gpt3_jax.config_types import check_finite
+    check = lambda name, **bounds: check_finite("OptimizerConfig", name, getattr(self, name),
+                                                example=getattr(OptimizerConfig, name), **bounds)
+    check("peak_learning_rate", low=0.0, low_open=True)
+    check("warmup_tokens", low=0.0)
+    check("decay_tokens", low=0.0, low_open=True)
+    check("final_lr_fraction", low=0.0, high=1.0)
+    check("b1", low=0.0, high=1.0)
+    check("b2", low=0.0, high=1.0)
+    check("eps", low=0.0, low_open=True)
+    check("weight_decay", low=0.0)
+    check("grad_clip_norm", low=0.0)
+
 
 def learning_rate_at_tokens(cfg: OptimizerConfig, tokens) -> np.ndarray:
   """LR after `tokens` training tokens. NumPy on the host: the train loop calls it every step, and a device
