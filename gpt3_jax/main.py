@@ -9,6 +9,8 @@ Modes:
   sample  continue --prompt (or each line of --prompt_file) with the newest checkpoint in --workdir, or with a
           Hugging Face import (`python -m gpt3_jax.convert --from_hf`) and its tokenizer.
   score   one JSON line per text (--prompt / --prompt_file): token ids, per-token log-probs and their total.
+  eval    zero- / one- / few-shot tasks and perplexity like the paper (--tasks, --num_fewshot, --task_dir;
+          docs/evaluation.md): a table, WORKDIR/eval/results_step<N>.json and TensorBoard scalars.
 
 gin files configure the five config dataclasses (ModelConfig, DataConfig, OptimizerConfig, MeshConfig,
 TrainConfig); later files and bindings override earlier ones. The operative config is written to the workdir
@@ -33,7 +35,7 @@ from gpt3_jax.parallel import host_memory
 flags.DEFINE_multi_string("gin_file", [], "gin config files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'TrainConfig.train_steps = 10'.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the operative config.")
-flags.DEFINE_enum("mode", "train", ["train", "plan", "sample", "score"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "plan", "sample", "score", "eval"], "What to do.")
 flags.DEFINE_bool("json", False, "plan / score: print machine-readable JSON.")
 flags.DEFINE_bool("retain_host_memory", True, "Keep freed host memory for reuse instead of returning it to the OS "
                   "(glibc): XLA:CPU then stops page-faulting its scratch memory in every step. See "
@@ -44,7 +46,13 @@ flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens to generate per promp
 flags.DEFINE_float("temperature", 0.8, "sample: softmax temperature (0 = greedy).")
 flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens (0 = all).")
 flags.DEFINE_float("top_p", 1.0, "sample: nucleus probability mass.")
-flags.DEFINE_integer("seed", 0, "sample: random seed.")
+flags.DEFINE_integer("seed", 0, "sample: random seed; eval: the seed of the few-shot draws.")
+# --mode=eval (gpt3_jax/evaluation/, docs/evaluation.md).
+flags.DEFINE_list("tasks", ["embedded"], "eval: task names (embedded, hellaswag, lambada, arc_easy, arc_challenge, "
+                  "piqa, winogrande, copa, storycloze, or NAME for NAME.jsonl in --task_dir).")
+flags.DEFINE_list("num_fewshot", ["0"], "eval: the K values, e.g. 0,1,10.")
+flags.DEFINE_string("task_dir", None, "eval: directory with the tasks' files (docs/evaluation.md).")
+flags.DEFINE_integer("eval_limit", 0, "eval: at most this many examples per task (0: all).")
 # Multi-process runs (docs/scaling.md): all three on every process, or none (cluster auto-detection).
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
@@ -130,6 +138,15 @@ def run(argv: Sequence[str]) -> None:
   if FLAGS.mode == "train":
     from gpt3_jax.modes import train
     return train.run(bundle, FLAGS.workdir)
+  if FLAGS.mode == "eval":
+    from gpt3_jax.modes import eval as eval_mode
+    try:
+      ks = [int(k) for k in FLAGS.num_fewshot]
+    except ValueError:
+      raise UserError(f"--num_fewshot={','.join(FLAGS.num_fewshot)} must be integers, e.g. 0,1,10") from None
+    eval_mode.run(FLAGS.workdir, list(FLAGS.tasks), ks, task_dir=FLAGS.task_dir, seed=FLAGS.seed,
+                  limit=FLAGS.eval_limit)
+    return None
   from gpt3_jax.modes import texts as texts_lib
   texts = texts_lib.read_texts(FLAGS.mode, FLAGS.prompt, FLAGS.prompt_file)
   if FLAGS.mode == "sample":

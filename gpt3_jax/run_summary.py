@@ -37,6 +37,12 @@ def print_summary(result: RunResult, train_cfg) -> None:
   print(f"unigram baseline on the same split: {unigram:.3f} nats/token (perplexity {math.exp(unigram):.1f})")
   gap = unigram - loss
   print(f"the model is {abs(gap):.3f} nats/token {'below' if gap >= 0 else 'ABOVE'} the unigram baseline")
+  for task, by_k in result.task_results.items():
+    for k, r in by_k.items():
+      chance = f" (chance {r['chance']:.3f})" if r.get("chance") else ""
+      fitted = f", {r['k_used_mean']:.1f} demonstrations fitted on average" if int(k) > 0 else ""
+      print(f"{task} {k}-shot: {r['metric']} {r['value']:.3f} +- {r['stderr']:.3f} over {r['n']} examples{chance}"
+            f"{fitted}")
   if sampled:
     print(f"--- sample (temperature {train_cfg.sample_temperature}) ---")
     print(f"{train_cfg.sample_prompt}{completion}")

@@ -65,6 +65,8 @@ def test_the_summary_says_above_when_the_model_is_worse_than_unigram(capsys):
     ("OptimizerConfig.decay_tokens = 0.0", "OptimizerConfig.decay_tokens must be a finite number > 0"),
     ("TrainConfig.global_batch_size = 0", "TrainConfig.global_batch_size must be positive, got 0"),
     ("DataConfig.vocab_size = 8192.5", "DataConfig.vocab_size must be an integer"),
+    ("DataConfig.vocab_size = 0", "DataConfig.vocab_size must be positive, got 0; e.g. DataConfig.vocab_size = 8192"),
+    ("DataConfig.validation_fraction = 1.5", "DataConfig.validation_fraction must be in "),
     ("ModelConfig.local_window = '256'", "ModelConfig.local_window must be an integer"),
     ("ModelConfig.dtype = 16", "ModelConfig.dtype must be a string"),
     ("MeshConfig.shape = (2, 2)", "MeshConfig.shape must be a tuple of 3 values"),

@@ -88,6 +88,18 @@ class DataConfig:
   split_digits: bool = False
   tokenize_workers: int = 0
 
+  def __post_init__(self):
+    for name, ok, example in (("vocab_size", isinstance(self.vocab_size, int) and self.vocab_size <= 0, 8192),
+                              ("tokenizer_train_chars", isinstance(self.tokenizer_train_chars, int)
+                               and self.tokenizer_train_chars <= 0, 20_000_000)):
+      if ok:
+        raise ValueError(f"DataConfig.{name} must be positive, got {getattr(self, name)}; e.g. DataConfig.{name} "
+                         f"= {example}")
+    fraction = self.validation_fraction
+    if isinstance(fraction, (int, float)) and not 0 <= fraction < 1:
+      raise ValueError(f"DataConfig.validation_fraction must be in [0, 1), got {fraction}; e.g. "
+                       f"DataConfig.validation_fraction = 0.02")
+
 
 @dataclasses.dataclass(frozen=True)
 class SourceStreams:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Tuple
 
 # ModelConfig fields that define the parameters: a checkpoint written with other values cannot be restored.
 ARCHITECTURE_FIELDS = ("vocab_size", "n_ctx", "d_model", "n_layers", "n_heads", "d_head", "d_ff",
@@ -49,6 +49,14 @@ class TrainConfig:
   spike_window: int = 20
   spike_skip_batches: int = 100
   max_spike_recoveries: int = 3
+  # Few-shot tasks during training (gpt3_jax/evaluation, docs/evaluation.md): each of task_eval_fewshot's K on
+  # task_eval_tasks every task_eval_every steps (0: only at the last step) and at the end, on at most
+  # task_eval_limit examples per task (0: all).
+  task_eval_tasks: Tuple[str, ...] = ()
+  task_eval_fewshot: Tuple[int, ...] = (0,)
+  task_eval_dir: str = ""
+  task_eval_every: int = 0
+  task_eval_limit: int = 0
   # Batch-size ramp (Appendix B): linear from batch_ramp_start_tokens per batch to the full batch over
   # batch_ramp_tokens tokens, in power-of-two stages. 0 turns it off.
   batch_ramp_tokens: float = 0.0
@@ -62,6 +70,9 @@ class TrainConfig:
       if isinstance(getattr(self, name), int) and getattr(self, name) <= 0:
         raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}; e.g. "
                          f"TrainConfig.{name} = {getattr(TrainConfig, name)}")
+    if any(not isinstance(k, int) or k < 0 for k in self.task_eval_fewshot):
+      raise ValueError(f"TrainConfig.task_eval_fewshot must be K >= 0 values, got {self.task_eval_fewshot}; e.g. "
+                       f"TrainConfig.task_eval_fewshot = (0, 1, 10)")
     if isinstance(self.seq_len, int) and self.seq_len <= 0:
       raise ValueError(f"TrainConfig.seq_len must be positive or None (the model's n_ctx), got {self.seq_len}")
     for name in ("spike_factor", "batch_ramp_tokens", "sample_temperature"):

@@ -58,5 +58,31 @@ class Checkpoint:
     run.save(step)
 
 
-def default_hooks():
-  return [Evaluate(), Checkpoint()]
+class TaskEval:
+  """Zero- / few-shot tasks (gpt3_jax/evaluation) at their cadence: TensorBoard `fewshot/<task>/<K>shot/<metric>`
+  and metrics.jsonl rows with split 'fewshot'; the newest results stay in `run.task_results`."""
+
+  def __init__(self, tasks):
+    self.tasks = tasks
+
+  def every(self, cfg) -> int:
+    return cfg.task_eval_every or cfg.train_steps
+
+  def __call__(self, run, step: int) -> None:
+    from gpt3_jax.evaluation import runner
+    jax.block_until_ready(run.state)
+    start = time.perf_counter()
+    evaluator = runner.Evaluator(run.asm.model, run.state.params, run.corpus.tokenizer)
+    run.task_results = runner.evaluate_all(evaluator, self.tasks, run.cfg.task_eval_fewshot, seed=run.cfg.seed,
+                                           limit=run.cfg.task_eval_limit)
+    for task, by_k in run.task_results.items():
+      for k, result in by_k.items():
+        run.logger.write(step, {f"{task}/{k}shot/{m}": v["value"] for m, v in result["metrics"].items()},
+                         prefix="fewshot")
+    if run.primary:
+      logging.info("few-shot tasks at step %d:\n%s", step, runner.format_table(run.task_results))
+    run.window.exclude(time.perf_counter() - start)
+
+
+def default_hooks(tasks=()):
+  return [Evaluate(), Checkpoint()] + ([TaskEval(tasks)] if tasks else [])

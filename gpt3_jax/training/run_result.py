@@ -21,6 +21,7 @@ class RunResult:
   tokenizer: Any  # TextTokenizer, or None for token-file data without one
   preempted: bool
   initialized_from: str  # 'scratch', 'resumed' or the init_from workdir
+  task_results: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the last few-shot tasks: {task: {K: }}
   skipped_steps: int = 0
   spike_recoveries: int = 0
   consecutive_nonfinite: int = 0

@@ -58,6 +58,8 @@ class Run:
   window: Optional[Throughput] = None
   initialized_from: str = "scratch"
   eval_metrics: Optional[Dict[str, float]] = None
+  tasks: Sequence = ()  # few-shot tasks (TrainConfig.task_eval_tasks), read before any write
+  task_results: Optional[Dict[str, Any]] = None
   compiled: Dict[int, Any] = dataclasses.field(default_factory=dict)
   compile_seconds: float = 0.0
 
@@ -84,13 +86,27 @@ class Run:
                            {**self.meta, "loop": self.loop.to_saved()})
 
 
+def _tasks(train_cfg: TrainConfig) -> Sequence:
+  if not train_cfg.task_eval_tasks:
+    return ()
+  if jax.process_count() > 1:
+    raise ValueError("TrainConfig.task_eval_tasks runs in single-process runs only (for now); evaluate the "
+                     "checkpoints with --mode=eval instead")
+  from gpt3_jax.evaluation import catalog
+  return catalog.load_tasks(train_cfg.task_eval_tasks, train_cfg.task_eval_dir or None)
+
+
 def _build(model_cfg: ModelConfig, data_cfg, opt_cfg, mesh, train_cfg: TrainConfig, workdir: str) -> Run:
   """Prepares the data and assembles the run (nothing is written to the workdir but the checkpoint folder)."""
   seq_len = train_cfg.resolved_seq_len(model_cfg.n_ctx)
   ramp = BatchRamp(full_batch=train_cfg.global_batch_size, seq_len=seq_len, ramp_tokens=train_cfg.batch_ramp_tokens,
                    start_tokens=train_cfg.batch_ramp_start_tokens,
                    granularity=mesh_lib.data_parallel_size(mesh) * train_cfg.num_microbatches)
+  tasks = _tasks(train_cfg)  # their files are read before the data is prepared
   corpus = corpus_lib.prepare_corpus(data_cfg)
+  if tasks and corpus.tokenizer is None:
+    raise ValueError("TrainConfig.task_eval_tasks needs a tokenizer (token-file data has none); set "
+                     "DataConfig.tokenizer_path or drop the tasks")
   model_cfg = model_cfg.replace(vocab_size=corpus.vocab_size)
   asm = assemble(model_cfg, opt_cfg, mesh, seq_len=seq_len, num_microbatches=train_cfg.num_microbatches)
   meta = {"model_config": dataclasses.asdict(model_cfg), "base_batch": ramp.base_batch, "seq_len": seq_len,
@@ -108,7 +124,7 @@ def _build(model_cfg: ModelConfig, data_cfg, opt_cfg, mesh, train_cfg: TrainConf
   checkpointer = Checkpointer(workdir_lib.checkpoints_dir(workdir), CheckpointConfig(
       every_steps=train_cfg.checkpoint_every, keep=train_cfg.keep_checkpoints,
       async_save=train_cfg.async_checkpointing))
-  return Run(asm=asm, cfg=train_cfg, opt_cfg=opt_cfg, ramp=ramp, corpus=corpus, mixture=mixture,
+  return Run(asm=asm, cfg=train_cfg, opt_cfg=opt_cfg, ramp=ramp, corpus=corpus, mixture=mixture, tasks=tasks,
              feed=DataFeed(data_iter, asm, ramp.base_batch), checkpointer=checkpointer, meta=meta,
              check_meta=check_meta, flops_token=flops_per_token(model_cfg, seq_len),
              peak_total=hardware.total_peak_flops(train_cfg.peak_flops_per_device),
@@ -176,6 +192,7 @@ def _result(run: Run, preempted: bool) -> RunResult:
                    unigram_loss=unigram_baseline(run.corpus),
                    compile_seconds=run.compile_seconds, model_config=run.asm.model, state=run.state,
                    tokenizer=run.corpus.tokenizer, preempted=preempted, initialized_from=run.initialized_from,
+                   task_results=run.task_results or {},
                    **{k: getattr(run.loop, k) for k in LoopState.COUNTERS})
 
 
@@ -198,7 +215,7 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
         logging.info("model: %s", run.asm.model)
         logging.info("%.3g FLOPs/token; peak %.3g FLOP/s; batch stages %s", run.flops_token, run.peak_total,
                      run.ramp.stages)
-      preempted = _loop(run, hooks_lib.default_hooks() if hooks is None else hooks, watcher)
+      preempted = _loop(run, hooks_lib.default_hooks(run.tasks) if hooks is None else hooks, watcher)
       if run.eval_metrics is None and not preempted:  # resumed at the end: evaluate the restored state
         hooks_lib.Evaluate()(run, int(run.state.step))
       run.checkpointer.wait()
