@@ -249,3 +249,27 @@ def test_tasks_during_training_score_the_final_parameters(tiny_text_dir, tiny_da
     trainer.train(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), tc.OPTIMIZER, tc.MESH,
                   tc.train(task_eval_tasks=("nope",), task_eval_dir=task_dir), str(tmp_path / "refused"))
   assert not os.path.exists(tmp_path / "refused" / "operative_config.gin")
+
+
+def test_scores_do_not_depend_on_the_batch(gpt2):
+  loaded, _, _ = gpt2
+  rng = np.random.default_rng(1)
+  requests = [(rng.integers(0, 300, int(n)).tolist(), rng.integers(0, 300, int(m)).tolist())
+              for n, m in zip(rng.integers(1, 90, 11), rng.integers(1, 20, 11))]
+  one = loglikelihoods(loaded.cfg, loaded.params, requests, batch_size=1)
+  seven = loglikelihoods(loaded.cfg, loaded.params, requests, batch_size=7)
+  np.testing.assert_allclose([s for s, _ in one], [s for s, _ in seven], atol=1e-5)
+  assert [g for _, g in one] == [g for _, g in seven]
+
+
+def test_context_and_continuation_split_like_the_harness(gpt2):
+  from gpt3_jax.evaluation.likelihood import encode_pair
+  tok = gpt2[0].tokenizer()
+  assert encode_pair(tok, "", " json", prefix_eot=False) == ([tok.eot_id], tok.encode(" json"))
+  # A trailing space belongs to the continuation; the split is that of the joint encoding.
+  head, tail = encode_pair(tok, "import ", "json", prefix_eot=False)
+  assert head == tok.encode("import") and head + tail == tok.encode("import json")
+  assert encode_pair(tok, "import", " json", prefix_eot=True)[0] == [tok.eot_id] + tok.encode("import")
+  for context, continuation in (("retur", "n x"), ("ab", "c"), ("x = 1", "0")):  # merges across the boundary
+    head, tail = encode_pair(tok, context, continuation, prefix_eot=False)
+    assert tail and tok.decode(head + tail) == context + continuation

@@ -79,3 +79,23 @@ def test_adapter_matches_the_harness_hf_model(tmp_path):
     assert ours["results"]["tiny_mc"][metric] == theirs["results"]["tiny_mc"][metric]
   assert ours["results"]["tiny_text"]["bits_per_byte,none"] == pytest.approx(
       theirs["results"]["tiny_text"]["bits_per_byte,none"], rel=1e-5)
+
+
+def test_our_scorer_and_the_adapter_agree(tmp_path):
+  """--mode=eval's scorer (without its end-of-text prefix) and the harness adapter score requests alike."""
+  import collections
+  from gpt3_jax import convert, workdir as workdir_lib
+  from gpt3_jax.evaluation import harness, runner
+  hf_dir = hf_fixtures.make_hf_gpt2_dir(str(tmp_path / "hf"), hf_fixtures.stdlib_texts(), n_positions=64)
+  convert.import_hf(hf_dir, str(tmp_path / "imported"))
+  adapter = harness.GPT3JaxLM(str(tmp_path / "imported"))
+  loaded = workdir_lib.load_model(str(tmp_path / "imported"))
+  ours = runner.Evaluator(loaded.cfg, loaded.params, loaded.tokenizer(), prefix_eot=False)
+  pairs = [("", " json"), ("import ", "json"), ("retur", "n x"), ("Question: what?\nAnswer:", " two words"),
+           ("x" * 200, " y")]  # the last: a context longer than the window, cut from the left
+  Request = collections.namedtuple("Request", "args")
+  theirs = adapter.loglikelihood([Request(p) for p in pairs])
+  mine = ours._score(pairs)
+  np.testing.assert_allclose([s for s, _, _ in mine], [s for s, _ in theirs], atol=1e-6)
+  generated = adapter.generate_until([Request(("def f(x):", {"until": ["\n"], "max_gen_toks": 5}))])
+  assert isinstance(generated[0], str) and "\n" not in generated[0]

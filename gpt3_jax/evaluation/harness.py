@@ -14,13 +14,13 @@ context is the end-of-text token. So the numbers equal `--model hf` on the same 
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple  # noqa: F401
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from gpt3_jax import workdir as workdir_lib
-from gpt3_jax.evaluation.likelihood import loglikelihoods, rolling_windows
+from gpt3_jax.evaluation.likelihood import encode_pair, loglikelihoods, rolling_windows
 
 
 @register_model("gpt3_jax")
@@ -33,17 +33,8 @@ class GPT3JaxLM(LM):
     self.cfg, self.params, self.tok = loaded.cfg, loaded.params, loaded.tokenizer()
     self.batch, self.max_gen_toks = int(batch_size), int(max_gen_toks)
 
-  def _encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-      context, continuation = context[:-spaces], context[-spaces:] + continuation
-    if not context:
-      return [self.tok.eot_id], self.tok.encode(continuation)
-    whole, head = self.tok.encode(context + continuation), self.tok.encode(context)
-    return head, whole[len(head):]
-
   def loglikelihood(self, requests, disable_tqdm: bool = False) -> List[Tuple[float, bool]]:
-    pairs = [self._encode_pair(*r.args) for r in requests]
+    pairs = [encode_pair(self.tok, *r.args, prefix_eot=False) for r in requests]
     return loglikelihoods(self.cfg, self.params, pairs, batch_size=self.batch)
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> List[float]:

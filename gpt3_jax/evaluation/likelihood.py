@@ -22,6 +22,23 @@ from gpt3_jax.model.transformer import GPT
 BUCKET = 64
 
 
+def encode_pair(tokenizer, context: str, continuation: str, *, prefix_eot: bool) -> Tuple[List[int], List[int]]:
+  """(context ids, continuation ids), split as lm-evaluation-harness's Hugging Face model splits them: the
+  context's trailing whitespace moves to the continuation, the whole text is encoded once and the continuation
+  is what follows the context's own encoding (a merge across the boundary never leaves it empty), and an empty
+  context is the end-of-text token. `prefix_eot`: start every context with end-of-text, as a document starts in
+  our packed training stream."""
+  spaces = len(context) - len(context.rstrip())
+  if spaces:
+    context, continuation = context[:-spaces], context[-spaces:] + continuation
+  if not context:
+    return [tokenizer.eot_id], tokenizer.encode(continuation)
+  whole, head = tokenizer.encode(context + continuation), tokenizer.encode(context)
+  if whole[:len(head)] != head or len(whole) == len(head):  # the boundary merged: encode the parts apart
+    whole = head + tokenizer.encode(continuation)
+  return ([tokenizer.eot_id] if prefix_eot else []) + head, whole[len(head):]
+
+
 def rolling_windows(ids, n_ctx: int):
   """(context, continuation) pairs that predict ids[1:] once each: windows of n_ctx predictions; the last,
   shorter one takes as much earlier context as fits (as lm-evaluation-harness's rolling windows do)."""

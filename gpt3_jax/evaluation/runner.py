@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from gpt3_jax.evaluation import fewshot
-from gpt3_jax.evaluation.likelihood import loglikelihoods, rolling_windows
+from gpt3_jax.evaluation.likelihood import encode_pair, loglikelihoods, rolling_windows
 from gpt3_jax.evaluation.tasks import Task
 
 
@@ -34,8 +34,9 @@ def _summary(per_example: Dict[str, List[float]], primary: str, n: int, k_used: 
 class Evaluator:
   """Scores tasks with one model: cfg (ModelConfig), params and a tokenizer (TextTokenizer)."""
 
-  def __init__(self, cfg, params, tokenizer, *, batch_size: int = 16):
+  def __init__(self, cfg, params, tokenizer, *, batch_size: int = 16, prefix_eot: bool = True):
     self.cfg, self.params, self.tok, self.batch_size = cfg, params, tokenizer, batch_size
+    self.prefix_eot = prefix_eot  # contexts start with end-of-text, as documents do in training
 
   def _ids(self, text: str) -> List[int]:
     return self.tok.encode(text)
@@ -44,8 +45,10 @@ class Evaluator:
     return len(self._ids(text)) + 1  # the leading end-of-text token
 
   def _score(self, requests):
-    pairs = [([self.tok.eot_id] + self._ids(c), self._ids(x)) for c, x in requests]
-    return loglikelihoods(self.cfg, self.params, pairs, batch_size=self.batch_size)
+    """[(log-likelihood, greedy, continuation tokens)] of (context, continuation) strings (`encode_pair`)."""
+    pairs = [encode_pair(self.tok, c, x, prefix_eot=self.prefix_eot) for c, x in requests]
+    scores = loglikelihoods(self.cfg, self.params, pairs, batch_size=self.batch_size)
+    return [(ll, greedy, len(pair[1])) for (ll, greedy), pair in zip(scores, pairs)]
 
   def multiple_choice(self, task: Task, k: int, seed: int, limit: int) -> dict:
     requests, layout, k_used = [], [], []
@@ -71,7 +74,7 @@ class Evaluator:
       n = len(ex.choices)
       ll = np.array([scores[start + c][0] for c in range(n)])
       scored = [ex.target] * n if task.partial else list(ex.choices)
-      tokens = np.array([max(1, len(self._ids(s))) for s in scored])
+      tokens = np.array([max(1, scores[start + c][2]) for c in range(n)])
       chars = np.array([max(1, len(s)) for s in scored])
       metrics["acc"].append(float(np.argmax(ll) == ex.gold))
       metrics["acc_token"].append(float(np.argmax(ll / tokens) == ex.gold))
@@ -93,7 +96,7 @@ class Evaluator:
       k_used.append(used)
       requests.append((pre + body, ex.target))
     scores = self._score(requests)
-    summary = _summary({"acc": [float(g) for _, g in scores], "loglik": [ll for ll, _ in scores]}, "acc",
+    summary = _summary({"acc": [float(g) for _, g, _ in scores], "loglik": [ll for ll, _, _ in scores]}, "acc",
                        len(examples), k_used)
     summary["metrics"]["ppl"] = {"value": math.exp(-summary["metrics"]["loglik"]["value"]), "stderr": float("nan")}
     return summary
