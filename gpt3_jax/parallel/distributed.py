@@ -93,8 +93,10 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   ids = list(local_device_ids) if local_device_ids else None
   if jax.distributed.is_initialized():
     return DistributedInfo("already", jax.process_index(), jax.process_count())
-  # The coordination service's own heartbeat is the backstop, after the watchdog had its chance to report.
-  heartbeat = max(2, int(math.ceil(2 * peer_timeout_s)))
+  # The coordination service's own heartbeat is the backstop, after the watchdog had its chance to report. It
+  # declares a task dead between half its timeout and its timeout after the task's last heartbeat, so 4x ours
+  # leaves the watchdog (timeout plus a polling interval) a margin of about the timeout itself.
+  heartbeat = max(10, int(math.ceil(4 * peer_timeout_s)))
   if explicit:
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id, local_device_ids=ids, heartbeat_timeout_seconds=heartbeat)

@@ -9,7 +9,8 @@ and this process prints
   error: process 1 of 2 stopped responding (no heartbeat for 10 s); stopping ...
 
 and exits with status 3 (the checkpoints written so far are intact: restart every process to resume). The
-coordination service's own heartbeat is set to twice `timeout_s`, as the backstop for a lost coordinator.
+coordination service's own heartbeat is set to four times `timeout_s` (it can fire from half its timeout on), as
+the backstop for a lost coordinator.
 """
 
 from __future__ import annotations
