@@ -19,41 +19,23 @@ QUESTIONS = [{"question": f"Question: what follows {w}?\nAnswer:", "choices": ["
 TEXTS = [{"text": "def f(x):\n    return x + 1\n"}, {"text": "import json\n" * 10}]
 
 
+def _yaml(root, task, data, output_type, fields, metrics):
+  """An offline lm-eval task on a local JSONL file."""
+  with open(os.path.join(root, f"{task}.yaml"), "w") as f:
+    f.write(f"task: {task}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: "
+            f"{os.path.join(root, data)}\nvalidation_split: validation\noutput_type: {output_type}\n{fields}\n"
+            "metric_list:\n" + "".join(f"  - metric: {m}\n" for m in metrics))
+
+
 def _task_dir(root):
   os.makedirs(root, exist_ok=True)
   for name, rows in (("mc", QUESTIONS), ("text", TEXTS)):
     with open(os.path.join(root, f"{name}.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
-  with open(os.path.join(root, "tiny_mc.yaml"), "w") as f:
-    f.write(f"""task: tiny_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {os.path.join(root, 'mc.jsonl')}
-validation_split: validation
-output_type: multiple_choice
-doc_to_text: question
-doc_to_choice: choices
-target_delimiter: ""
-doc_to_target: gold
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-""")
-  with open(os.path.join(root, "tiny_text.yaml"), "w") as f:
-    f.write(f"""task: tiny_text
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {os.path.join(root, 'text.jsonl')}
-validation_split: validation
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: text
-metric_list:
-  - metric: word_perplexity
-  - metric: bits_per_byte
-""")
+  _yaml(root, "tiny_mc", "mc.jsonl", "multiple_choice", 'doc_to_text: question\ndoc_to_choice: choices\n'
+        'target_delimiter: ""\ndoc_to_target: gold', ["acc", "acc_norm"])
+  _yaml(root, "tiny_text", "text.jsonl", "loglikelihood_rolling", 'doc_to_text: ""\ndoc_to_target: text',
+        ["word_perplexity", "bits_per_byte"])
   return root
 
 

@@ -16,7 +16,7 @@ import pytest
 import tiny_configs as tc
 from gpt3_jax import configs
 from gpt3_jax import workdir as workdir_lib
-from gpt3_jax.data import pipeline
+from gpt3_jax.data import corpus, pipeline
 from gpt3_jax.data.sources import SourceConfig
 from gpt3_jax.inference import scoring
 from gpt3_jax.training import data_feed, trainer
@@ -130,7 +130,7 @@ def test_evaluation_covers_every_source_of_a_mixture(tiny_text_dir, tiny_data_di
   metrics = result.eval_metrics
   assert set(metrics) == {"loss", "email/loss", "http/loss"}
   assert metrics["loss"] == pytest.approx(0.75 * metrics["email/loss"] + 0.25 * metrics["http/loss"], rel=1e-6)
-  streams = trainer.corpus_lib.prepare_corpus(data).streams
+  streams = corpus.prepare_corpus(data).streams
   params = jax.device_get(result.state.params)
   for stream in streams:  # independently: the inference scorer over the same evaluation windows
     windows = np.concatenate(list(pipeline.eval_batches(stream.valid_tokens, seq_len=16, batch_size=8,

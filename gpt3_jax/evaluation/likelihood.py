@@ -11,13 +11,12 @@ from __future__ import annotations
 import functools
 from typing import List, Sequence, Tuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gpt3_jax.model.config import ModelConfig
-from gpt3_jax.model.transformer import GPT
+from gpt3_jax.model.transformer import GPT, unboxed_params
 
 BUCKET = 64
 
@@ -62,7 +61,7 @@ def _logprobs_and_greedy(params, tokens, *, cfg: ModelConfig):
 def loglikelihoods(cfg: ModelConfig, params, requests: Sequence[Tuple[Sequence[int], Sequence[int]]], *,
                    batch_size: int = 16) -> List[Tuple[float, bool]]:
   """(sum of the continuation's log-probs, greedy match) for each (context, continuation) request."""
-  params = nn.meta.unbox(params["params"] if "params" in params and "wte" not in params else params)
+  params = unboxed_params(params)
   windows = []
   for i, (context, continuation) in enumerate(requests):
     if not 0 < len(continuation) <= cfg.n_ctx:

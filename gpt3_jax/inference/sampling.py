@@ -25,13 +25,12 @@ from __future__ import annotations
 import functools
 from typing import Optional, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gpt3_jax.model.config import ModelConfig
-from gpt3_jax.model.transformer import GPT, init_cache
+from gpt3_jax.model.transformer import GPT, init_cache, unboxed_params
 
 RECOMPUTE_BUCKET = 32
 SHAPE_BUCKET = 8  # generate pads the prompt length and the step count up to a multiple: fewer recompilations
@@ -87,11 +86,9 @@ def _prepare(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
     raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}")
   if eot_id is not None and not 0 <= eot_id < cfg.vocab_size:
     raise ValueError(f"eot_id={eot_id} is outside [0, {cfg.vocab_size})")
-  if "params" in params and "wte" not in params:
-    params = params["params"]
   lengths = np.array([len(p) for p in prompts], np.int32)
   budgets = np.minimum(max_new_tokens, cfg.n_ctx - lengths).astype(np.int32)
-  return nn.meta.unbox(params), lengths, budgets
+  return unboxed_params(params), lengths, budgets
 
 
 def _trim(out: np.ndarray, budgets: np.ndarray, eot_id: Optional[int]) -> list[list[int]]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gpt3_jax.model.config import ModelConfig
-from gpt3_jax.model.transformer import GPT
+from gpt3_jax.model.transformer import GPT, unboxed_params
 
 SCORE_BUCKET = 16
 
@@ -36,9 +35,7 @@ def score(cfg: ModelConfig, params, token_lists: Sequence[Sequence[int]], *, bat
   Returns one dict per sequence: 'tokens' (the input list), 'logprobs' (len(tokens) - 1 floats: the first token
   has no prediction) and 'total' (their sum; 0.0 for a single token). Sequences may not exceed n_ctx tokens.
   """
-  if "params" in params and "wte" not in params:
-    params = params["params"]
-  params = nn.meta.unbox(params)
+  params = unboxed_params(params)
   for i, tokens in enumerate(token_lists):
     if not 0 < len(tokens) <= cfg.n_ctx:
       raise ValueError(f"sequence {i} has {len(tokens)} tokens; score needs 1..n_ctx={cfg.n_ctx}")

@@ -202,3 +202,10 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
     return jnp.full(leaf.shape, fill, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(empty, shapes)
+
+
+def unboxed_params(params):
+  """The model's parameter tree from {'params': tree} or the tree itself, logical-partitioning boxes removed."""
+  if "params" in params and "wte" not in params:
+    params = params["params"]
+  return nn.meta.unbox(params)

@@ -28,13 +28,13 @@ def run(workdir: str, task_names: List[str], ks: List[int], *, task_dir: Optiona
   path = os.path.join(out_dir, f"results_step{step}.json")
   with open(path, "w", encoding="utf-8") as f:
     json.dump(document, f, indent=2)
-  from tensorboardX import SummaryWriter
-  with SummaryWriter(logdir=os.path.join(workdir, "tensorboard")) as tb:
-    for task, by_k in results.items():
-      for k, result in by_k.items():
-        for metric, value in result["metrics"].items():
-          if math.isfinite(value["value"]):
-            tb.add_scalar(f"fewshot/{task}/{k}shot/{metric}", value["value"], step)
+  from gpt3_jax.training.metrics import MetricsLogger
+  logger = MetricsLogger(workdir)  # the training run's sinks: TensorBoard and metrics.jsonl, split 'fewshot'
+  for task, by_k in results.items():
+    for k, result in by_k.items():
+      logger.write(step, {f"{task}/{k}shot/{m}": v["value"] for m, v in result["metrics"].items()
+                          if math.isfinite(v["value"])}, prefix="fewshot")
+  logger.close()
   print(runner.format_table(results))
   print(f"results: {path}")
   return document

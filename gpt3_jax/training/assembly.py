@@ -36,7 +36,6 @@ class Assembly:
   mesh: Mesh
   tx: optax.GradientTransformationExtraArgs
   seq_len: int
-  num_microbatches: int
   shardings: state_lib.TrainState
   abstract_state: state_lib.TrainState
   train_step: Any
@@ -99,5 +98,4 @@ def assemble(model_cfg: ModelConfig, opt_cfg: optimizer_lib.OptimizerConfig, mes
     abstract = state_lib.abstract_state(model_cfg, tx, mesh)
   step = step_lib.jit_train_step(step_lib.make_train_step(model_cfg, tx, num_microbatches), shardings, mesh)
   eval_step = step_lib.make_eval_step(model_cfg, shardings, mesh)
-  return Assembly(model=model_cfg, mesh=mesh, tx=tx, seq_len=seq_len, num_microbatches=num_microbatches,
-                  shardings=shardings, abstract_state=abstract, train_step=step, eval_step=eval_step)
+  return Assembly(model=model_cfg, mesh=mesh, tx=tx, seq_len=seq_len, shardings=shardings, abstract_state=abstract, train_step=step, eval_step=eval_step)
