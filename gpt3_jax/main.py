@@ -145,7 +145,7 @@ def run(argv: Sequence[str]) -> None:
     except ValueError:
       raise UserError(f"--num_fewshot={','.join(FLAGS.num_fewshot)} must be integers, e.g. 0,1,10") from None
     eval_mode.run(FLAGS.workdir, list(FLAGS.tasks), ks, task_dir=FLAGS.task_dir, seed=FLAGS.seed,
-                  limit=FLAGS.eval_limit)
+                  limit=FLAGS.eval_limit, mesh_cfg=bundle.mesh)
     return None
   from gpt3_jax.modes import texts as texts_lib
   texts = texts_lib.read_texts(FLAGS.mode, FLAGS.prompt, FLAGS.prompt_file)

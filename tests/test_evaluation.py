@@ -175,6 +175,22 @@ def test_multiple_choice_metrics_follow_the_scores(gpt2):
   assert result["metrics"]["acc"]["stderr"] == pytest.approx(math.sqrt(p * (1 - p) / 4) if 0 < p < 1 else 0.0)
 
 
+def test_a_continuation_longer_than_the_window_is_a_counted_skip(gpt2):
+  loaded, _, _ = gpt2
+  tok = loaded.tokenizer()
+  long = " x" * 80  # 80 tokens or more: more than n_ctx = 64 can score whole
+  examples = [Example(context="a", choices=[" b", " c"], gold=0), Example(context="a", choices=[" b", long], gold=1),
+              Example(context="d", choices=[" e", " f"], gold=1)]
+  task = Task("mc", "multiple_choice", {"validation": examples})
+  result = runner.Evaluator(loaded.cfg, loaded.params, tok).evaluate(task, k=0)
+  alone = runner.Evaluator(loaded.cfg, loaded.params, tok).evaluate(
+      Task("mc", "multiple_choice", {"validation": examples[::2]}), k=0)
+  assert (result["n"], result["skipped"]) == (2, 1) and result["metrics"] == alone["metrics"]
+  completion = Task("c", "completion", {"validation": [Example(context="a", target=long)]})
+  with pytest.raises(ValueError, match="longer than the model's n_ctx=64"):
+    runner.Evaluator(loaded.cfg, loaded.params, tok).evaluate(completion, k=0)
+
+
 def test_perplexity_in_nats_per_token_and_bits_per_byte(gpt2):
   loaded, model, _ = gpt2
   tok = loaded.tokenizer()
@@ -273,3 +289,54 @@ def test_context_and_continuation_split_like_the_harness(gpt2):
   for context, continuation in (("retur", "n x"), ("ab", "c"), ("x = 1", "0")):  # merges across the boundary
     head, tail = encode_pair(tok, context, continuation, prefix_eot=False)
     assert tail and tok.decode(head + tail) == context + continuation
+
+
+class _CharTokenizer:
+  """Test double: 'a'..'o' are tokens 1..15, end-of-text is 0."""
+  eot_id = 0
+
+  def encode(self, text):
+    return [ord(c) - ord("a") + 1 for c in text]
+
+  def decode(self, ids):
+    return "".join(chr(i + ord("a") - 1) for i in ids if i)
+
+
+def _unigram_model():
+  """Hand-set weights: the final LayerNorm's scale is 0 and its bias picks column 0 of the tied embedding, so every
+  position's logits are that column: log p(a) = -1 and log p(b) = -1.5 whatever the context."""
+  import jax
+  from gpt3_jax.model.config import ModelConfig
+  from gpt3_jax.model.transformer import GPT, unboxed_params
+  cfg = ModelConfig(vocab_size=16, n_ctx=16, d_model=8, n_layers=1, n_heads=2, d_head=4, local_window=4)
+  params = jax.tree.map(np.array, unboxed_params(GPT(cfg).init(jax.random.key(0), np.zeros((1, 4), np.int32))))
+  others = np.log((math.e - 1 - math.exp(-0.5)) / 14)  # the 14 other tokens share the rest: logsumexp = 1
+  column = np.full(params["wte"].shape[0], others, np.float32)
+  column[1], column[2] = 0.0, -0.5
+  params["wte"][:] = 0.0
+  params["wte"][:, 0] = column
+  params["ln_f"]["scale"][:] = 0.0
+  params["ln_f"]["bias"][:] = np.eye(8)[0]
+  return cfg, params
+
+
+def test_hand_set_weights_give_the_accuracy_they_imply():
+  cfg, params = _unigram_model()
+  ev = runner.Evaluator(cfg, params, _CharTokenizer())
+  picks = Task("picks", "multiple_choice", {"validation": [Example(context="c", choices=["a", "b"], gold=g)
+                                                           for g in (0, 0, 0, 1)]})
+  result = ev.evaluate(picks, k=0)
+  assert [result["metrics"][m]["value"] for m in ("acc", "acc_token", "acc_char")] == [0.75, 0.75, 0.75]
+  # "aa" scores -2 in total (-1 per token), "b" -1.5: the raw sum prefers "b", the per-token and per-character
+  # normalizations prefer "aa".
+  norm = Task("norm", "multiple_choice", {"validation": [Example(context="d", choices=["aa", "b"], gold=0)]})
+  result = ev.evaluate(norm, k=0)
+  assert [result["metrics"][m]["value"] for m in ("acc", "acc_token", "acc_char")] == [0.0, 1.0, 1.0]
+  complete = Task("complete", "completion", {"validation": [Example(context="e", target=t) for t in "aab"]})
+  result = ev.evaluate(complete, k=0)
+  assert result["value"] == pytest.approx(2 / 3)
+  assert result["metrics"]["ppl"]["value"] == pytest.approx(math.exp((1 + 1 + 1.5) / 3), rel=1e-5)
+  text = Task("text", "perplexity", {"validation": [Example(text="ab")]})
+  result = ev.evaluate(text, k=0)
+  assert result["value"] == pytest.approx(1.25, rel=1e-5)
+  assert result["metrics"]["bits_per_byte"]["value"] == pytest.approx(2.5 / math.log(2) / 2, rel=1e-5)

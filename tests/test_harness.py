@@ -79,5 +79,27 @@ def test_our_scorer_and_the_adapter_agree(tmp_path):
   theirs = adapter.loglikelihood([Request(p) for p in pairs])
   mine = ours._score(pairs)
   np.testing.assert_allclose([s for s, _, _ in mine], [s for s, _ in theirs], atol=1e-6)
-  generated = adapter.generate_until([Request(("def f(x):", {"until": ["\n"], "max_gen_toks": 5}))])
-  assert isinstance(generated[0], str) and "\n" not in generated[0]
+
+
+
+def test_generate_until_matches_the_harness_hf_model(tmp_path):
+  """Greedy generation, `until` and `max_gen_toks` as the harness's own Hugging Face model does them (batched
+  requests of two settings, one with a context longer than the window)."""
+  from lm_eval.models.huggingface import HFLM
+  from gpt3_jax import convert
+  from gpt3_jax.evaluation import harness
+  hf_dir = hf_fixtures.make_hf_gpt2_dir(str(tmp_path / "hf"), hf_fixtures.stdlib_texts(), n_positions=64)
+  convert.import_hf(hf_dir, str(tmp_path / "imported"))
+
+  class Request:  # the harness's Instance as its models read it
+    def __init__(self, args):
+      self.args = args
+
+  settings = [{"until": ["\n"], "max_gen_toks": 12}, {"until": [")", "import"], "max_gen_toks": 20}]
+  contexts = ["def f(x):", "import json\n", "class A:\n    def", "x = (", "return " * 40]
+  requests = [Request((c, dict(s))) for s in settings for c in contexts]
+  ours = harness.GPT3JaxLM(str(tmp_path / "imported"), batch_size=3).generate_until(requests)
+  theirs = HFLM(pretrained=hf_dir, dtype="float32", device="cpu", batch_size=4).generate_until(
+      [Request((c, dict(s))) for s in settings for c in contexts])
+  assert ours == theirs
+  assert any(len(text) > 3 for text in ours)  # something was generated, not only stop strings

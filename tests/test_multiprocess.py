@@ -102,10 +102,14 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_two_processes_match_one_process_and_resume(tiny_text_dir, tiny_data_dir, tmp_path):
   single, multi = tmp_path / "one_x8", tmp_path / "two_x4"
-  _run_single(_base(tiny_text_dir, tiny_data_dir, 3), single)
-  outputs = _run_two(_base(tiny_text_dir, tiny_data_dir, 3, HYBRID), multi)
+  tasks = ["--gin.TrainConfig.task_eval_tasks=('embedded',)", "--gin.TrainConfig.task_eval_limit=8"]
+  _run_single(_base(tiny_text_dir, tiny_data_dir, 3) + tasks, single)
+  outputs = _run_two(_base(tiny_text_dir, tiny_data_dir, 3, HYBRID) + tasks, multi)
   assert "validation loss" in outputs[0]
   one, two = _losses(single), _losses(multi)
+  fewshot = [[r for r in _rows(w) if r["split"] == "fewshot"] for w in (single, multi)]
+  assert len(fewshot[1]) == 1 and fewshot[1][0]["embedded_next_line/0shot/acc_token"] == pytest.approx(
+      fewshot[0][0]["embedded_next_line/0shot/acc_token"])  # the in-training tasks, scored over both processes
   assert sorted(one) == sorted(two) == [1, 2, 3]
   assert [two[s] for s in (1, 2, 3)] == pytest.approx([one[s] for s in (1, 2, 3)], rel=LOSS_RTOL)
   assert os.listdir(multi / "checkpoints") == ["3"]
@@ -233,3 +237,41 @@ def test_hybrid_device_grid_keeps_each_granule_in_one_dcn_block():
       block = grid[data, :, 2 * tensor_block:2 * tensor_block + 2]
       assert {d // 4 for d in block.ravel()} == {2 * data + tensor_block}  # one node, row-major over dcn
   assert grid[1, :, 0:2].tolist() == [[8, 9], [10, 11]]  # inside a node: the listed order, reshaped to ici
+
+
+@pytest.mark.slow
+def test_eval_is_the_same_on_one_device_eight_and_two_processes(tmp_path):
+  """`--mode=eval` of an imported GPT-2 on the embedded task (K = 0, 1) and a perplexity file: 1 device, one
+  process x 8 devices on a (2, 2, 2) mesh, and two processes x 4 on the hybrid mesh report the same numbers
+  (the perplexity is a float of every token's log-likelihood, so a row scored twice or dropped moves it)."""
+  pytest.importorskip("transformers")
+  sys.path.insert(0, os.path.dirname(__file__))
+  import hf_fixtures
+  from gpt3_jax import convert
+  texts = hf_fixtures.stdlib_texts()
+  hf_dir = hf_fixtures.make_hf_gpt2_dir(str(tmp_path / "hf"), texts, n_positions=64)
+  with open(tmp_path / "texts.jsonl", "w") as f:
+    for text in texts[:5]:
+      f.write(json.dumps({"text": text[:300]}) + "\n")
+  args = ["--mode=eval", "--tasks=embedded,texts", f"--task_dir={tmp_path}", "--num_fewshot=0,1",
+          "--eval_limit=12"]
+  results = {}
+  for name, devices, mesh in (("one", 1, None), ("eight", 8, ("(2, 2, 2)", "(1, 1, 1)")), ("two", 4, HYBRID)):
+    workdir = tmp_path / name
+    convert.import_hf(hf_dir, str(workdir))
+    mesh_args = [f"--gin.MeshConfig.shape={mesh[0]}", f"--gin.MeshConfig.dcn_shape={mesh[1]}"] if mesh else []
+    if name == "two":
+      _run_two(args + mesh_args, workdir)
+    else:
+      p = subprocess.Popen([sys.executable, "-m", "gpt3_jax.main", *args, *mesh_args, f"--workdir={workdir}"],
+                           cwd=REPO, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      _wait([p])
+    (path,) = glob.glob(str(workdir / "eval" / "results_step*.json"))
+    results[name] = json.load(open(path))["tasks"]
+  assert results["one"]["texts"]["0"]["n"] == 5 and results["one"]["embedded_next_line"]["1"]["n"] + results["one"]["embedded_next_line"]["1"]["skipped"] == 12
+  for name in ("eight", "two"):
+    for task, by_k in results["one"].items():
+      for k, result in by_k.items():
+        for metric, value in result["metrics"].items():
+          assert results[name][task][k]["metrics"][metric]["value"] == pytest.approx(value["value"], rel=1e-5), \
+              (name, task, k, metric)

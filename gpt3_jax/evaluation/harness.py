@@ -20,7 +20,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from gpt3_jax import workdir as workdir_lib
-from gpt3_jax.evaluation.likelihood import encode_pair, loglikelihoods, rolling_windows
+from gpt3_jax.evaluation.likelihood import Scorer, encode_pair, rolling_windows
 
 
 @register_model("gpt3_jax")
@@ -31,11 +31,12 @@ class GPT3JaxLM(LM):
     super().__init__()
     loaded = workdir_lib.load_model(workdir)
     self.cfg, self.params, self.tok = loaded.cfg, loaded.params, loaded.tokenizer()
-    self.batch, self.max_gen_toks = int(batch_size), int(max_gen_toks)
+    self.max_gen_toks = int(max_gen_toks)
+    self.scorer = Scorer(self.cfg, self.params, batch_size=int(batch_size))
 
   def loglikelihood(self, requests, disable_tqdm: bool = False) -> List[Tuple[float, bool]]:
     pairs = [encode_pair(self.tok, *r.args, prefix_eot=False) for r in requests]
-    return loglikelihoods(self.cfg, self.params, pairs, batch_size=self.batch)
+    return self.scorer.loglikelihoods(pairs)
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> List[float]:
     """The whole text after an end-of-text token, in windows of n_ctx predictions (`rolling_windows`)."""
@@ -45,27 +46,36 @@ class GPT3JaxLM(LM):
       pairs += windows
       owner += [i] * len(windows)
     totals = [0.0] * len(requests)
-    for i, (ll, _) in zip(owner, loglikelihoods(self.cfg, self.params, pairs, batch_size=self.batch)):
+    for i, (ll, _) in zip(owner, self.scorer.loglikelihoods(pairs)):
       totals[i] += ll
     return totals
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> List[str]:
+    """Greedy continuations through the KV-cache sampler, batched by request settings: each stops at end-of-text,
+    at `max_gen_toks` (default: the model's max_gen_toks) or at the first `until` string, which is cut off. As the
+    harness's Hugging Face model does, the context is not prefixed with end-of-text and keeps its last
+    n_ctx - max_gen_toks tokens."""
     from gpt3_jax.inference import sampling
-    out = []
-    for r in requests:
+    out: List[Optional[str]] = [None] * len(requests)
+    groups: dict = {}
+    for i, r in enumerate(requests):
       context, kwargs = r.args
       until = kwargs.get("until") or []
-      until = [until] if isinstance(until, str) else list(until)
-      budget = int(kwargs.get("max_gen_toks", self.max_gen_toks))
-      ids = ([self.tok.eot_id] + self.tok.encode(context))[-(self.cfg.n_ctx - 1):]
-      budget = max(1, min(budget, self.cfg.n_ctx - len(ids)))
-      new = sampling.generate(self.cfg, self.params, [ids], max_new_tokens=budget, temperature=0.0,
-                              eot_id=self.tok.eot_id)[0]
-      text = self.tok.decode(new)
-      for stop in until:
-        text = text.split(stop)[0]
-      out.append(text)
-    return out
+      until = (until,) if isinstance(until, str) else tuple(until)
+      budget = max(1, min(int(kwargs.get("max_gen_toks", self.max_gen_toks)), self.cfg.n_ctx - 1))
+      groups.setdefault((until, budget), []).append((i, (self.tok.encode(context) or [self.tok.eot_id])
+                                                    [-(self.cfg.n_ctx - budget):]))
+    for (until, budget), items in groups.items():
+      for start in range(0, len(items), self.scorer.batch_size):
+        chunk = items[start:start + self.scorer.batch_size]
+        new = sampling.generate(self.cfg, self.params, [ids for _, ids in chunk], max_new_tokens=budget,
+                                temperature=0.0, eot_id=self.tok.eot_id)
+        for (i, _), tokens in zip(chunk, new):
+          text = self.tok.decode(tokens)
+          for stop in until:
+            text = text.split(stop)[0]
+          out[i] = text
+    return out  # type: ignore[return-value]
 
 
 def main(argv: Optional[list] = None) -> None:

@@ -3,20 +3,24 @@
 A request is (context ids, continuation ids). The model reads the last n_ctx + 1 tokens of context +
 continuation (the context is cut from the left when it is longer), and the result is the summed log-probability
 of the continuation's tokens and whether greedy decoding would have produced exactly them. Requests are sorted
-by length and padded to a multiple of BUCKET tokens, so a task compiles a few shapes, not one per example.
+by length and padded to a multiple of BUCKET tokens, so a task compiles a few shapes, not one per example; the
+batches run over a device mesh like training's (`Scorer`).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.model.transformer import GPT, unboxed_params
+from gpt3_jax.parallel import mesh as mesh_lib
+from gpt3_jax.training import train_state as state_lib
 
 BUCKET = 64
 
@@ -48,7 +52,6 @@ def rolling_windows(ids, n_ctx: int):
   return out
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
 def _logprobs_and_greedy(params, tokens, *, cfg: ModelConfig):
   """tokens [B, W] -> (log p(tokens[:, i] | tokens[:, :i]), tokens[:, i] == argmax) for i >= 1, [B, W - 1]."""
   logits = GPT(cfg).apply({"params": params}, tokens[:, :-1]).astype(jnp.float32)[..., :cfg.vocab_size]
@@ -58,28 +61,70 @@ def _logprobs_and_greedy(params, tokens, *, cfg: ModelConfig):
           jnp.argmax(logprobs, axis=-1) == targets)
 
 
+def _place(value, sharding):
+  """A parameter in `sharding`: kept when it is already there (a training run's state), else placed from the host
+  value, which every process holds in full (a loaded checkpoint)."""
+  if isinstance(value, jax.Array) and value.sharding == sharding:
+    return value
+  if isinstance(value, jax.Array) and value.is_fully_addressable:
+    return jax.device_put(value, sharding)
+  host = np.asarray(value)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+class Scorer:
+  """Log-likelihoods over a mesh, like training: the parameters placed once by the rules table, each batch's rows
+  split over data x fsdp, the results replicated to every process. Every process must pass the same requests (as
+  `--mode=eval` and the in-training hook do: the tasks are read and prompted deterministically)."""
+
+  def __init__(self, cfg: ModelConfig, params, *, mesh: Optional[Mesh] = None, batch_size: int = 16):
+    self.cfg = cfg
+    self.mesh = mesh if mesh is not None else mesh_lib.make_mesh(mesh_lib.MeshConfig())
+    ways = mesh_lib.data_parallel_size(self.mesh)
+    self.batch_size = -(-batch_size // ways) * ways  # a multiple of the batch's shards
+    with mesh_lib.activate(self.mesh):
+      shardings = mesh_lib.logical_to_sharding(state_lib.param_logical_specs(cfg), self.mesh)
+    self._shardings = shardings
+    self.use(params)
+    self._rows = mesh_lib.batch_sharding(self.mesh)
+    self._step = jax.jit(functools.partial(_logprobs_and_greedy, cfg=cfg), in_shardings=(shardings, self._rows),
+                         out_shardings=mesh_lib.replicated(self.mesh))
+
+  def use(self, params) -> None:
+    """Score with these parameters from now on (same shapes: the compiled steps are kept)."""
+    self.params = jax.tree.map(_place, unboxed_params(params), self._shardings)
+
+  def _run(self, tokens: np.ndarray):
+    with mesh_lib.activate(self.mesh):
+      batch = jax.make_array_from_callback(tokens.shape, self._rows, lambda index: tokens[index])
+      return jax.device_get(self._step(self.params, batch))
+
+  def loglikelihoods(self, requests: Sequence[Tuple[Sequence[int], Sequence[int]]]) -> List[Tuple[float, bool]]:
+    """(sum of the continuation's log-probs, greedy match) for each (context, continuation) request."""
+    cfg, windows = self.cfg, []
+    for i, (context, continuation) in enumerate(requests):
+      if not 0 < len(continuation) <= cfg.n_ctx:
+        raise ValueError(f"request {i}: a continuation of {len(continuation)} tokens; it needs 1..n_ctx={cfg.n_ctx}")
+      if not context:
+        raise ValueError(f"request {i}: an empty context (start it with the end-of-text token)")
+      windows.append((list(context) + list(continuation))[-(cfg.n_ctx + 1):])
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))
+    results: List[Tuple[float, bool]] = [None] * len(windows)  # type: ignore[list-item]
+    for start in range(0, len(order), self.batch_size):
+      chunk = order[start:start + self.batch_size]
+      width = min(-(-len(windows[chunk[0]]) // BUCKET) * BUCKET, cfg.n_ctx + 1)
+      tokens = np.zeros((self.batch_size, width), np.int32)  # a fixed batch: one compile per width
+      for row, i in enumerate(chunk):
+        tokens[row, :len(windows[i])] = windows[i]
+      logprobs, greedy = self._run(tokens)
+      for row, i in enumerate(chunk):
+        n, end = len(requests[i][1]), len(windows[i]) - 1  # predictions of tokens 1..len-1 sit at 0..len-2
+        results[i] = (float(np.sum(logprobs[row, end - n:end], dtype=np.float64)),
+                      bool(np.all(greedy[row, end - n:end])))
+    return results
+
+
 def loglikelihoods(cfg: ModelConfig, params, requests: Sequence[Tuple[Sequence[int], Sequence[int]]], *,
-                   batch_size: int = 16) -> List[Tuple[float, bool]]:
-  """(sum of the continuation's log-probs, greedy match) for each (context, continuation) request."""
-  params = unboxed_params(params)
-  windows = []
-  for i, (context, continuation) in enumerate(requests):
-    if not 0 < len(continuation) <= cfg.n_ctx:
-      raise ValueError(f"request {i}: a continuation of {len(continuation)} tokens; it needs 1..n_ctx={cfg.n_ctx}")
-    if not context:
-      raise ValueError(f"request {i}: an empty context (start it with the end-of-text token)")
-    windows.append((list(context) + list(continuation))[-(cfg.n_ctx + 1):])
-  order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))
-  results: List[Tuple[float, bool]] = [None] * len(windows)  # type: ignore[list-item]
-  for start in range(0, len(order), batch_size):
-    chunk = order[start:start + batch_size]
-    width = min(-(-len(windows[chunk[0]]) // BUCKET) * BUCKET, cfg.n_ctx + 1)
-    tokens = np.zeros((batch_size, width), np.int32)  # a fixed batch: one compile per width
-    for row, i in enumerate(chunk):
-      tokens[row, :len(windows[i])] = windows[i]
-    logprobs, greedy = jax.device_get(_logprobs_and_greedy(params, jnp.asarray(tokens), cfg=cfg))
-    for row, i in enumerate(chunk):
-      n, end = len(requests[i][1]), len(windows[i]) - 1  # predictions of tokens 1..len-1 sit at 0..len-2
-      results[i] = (float(np.sum(logprobs[row, end - n:end], dtype=np.float64)),
-                    bool(np.all(greedy[row, end - n:end])))
-  return results
+                   batch_size: int = 16, mesh: Optional[Mesh] = None) -> List[Tuple[float, bool]]:
+  """One-off scoring (`Scorer` keeps the placed parameters and compiled shapes across calls)."""
+  return Scorer(cfg, params, mesh=mesh, batch_size=batch_size).loglikelihoods(requests)

@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from gpt3_jax.evaluation import fewshot
-from gpt3_jax.evaluation.likelihood import encode_pair, loglikelihoods, rolling_windows
+from gpt3_jax.evaluation.likelihood import Scorer, encode_pair, rolling_windows
 from gpt3_jax.evaluation.tasks import Task
 
 
@@ -25,17 +25,20 @@ def _stderr(values: Sequence[float]) -> float:
   return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
-def _summary(per_example: Dict[str, List[float]], primary: str, n: int, k_used: List[int]) -> dict:
+def _summary(per_example: Dict[str, List[float]], primary: str, n: int, k_used: List[int], skipped: int = 0) -> dict:
+  """`n` examples scored; `skipped` could not be (a continuation longer than the window)."""
   metrics = {name: {"value": float(np.mean(v)), "stderr": _stderr(v)} for name, v in per_example.items()}
   return {"metric": primary, "value": metrics[primary]["value"], "stderr": metrics[primary]["stderr"], "n": n,
-          "k_used_mean": float(np.mean(k_used)) if k_used else 0.0, "metrics": metrics}
+          "skipped": skipped, "k_used_mean": float(np.mean(k_used)) if k_used else 0.0, "metrics": metrics}
 
 
 class Evaluator:
-  """Scores tasks with one model: cfg (ModelConfig), params and a tokenizer (TextTokenizer)."""
+  """Scores tasks with one model: cfg (ModelConfig), params and a tokenizer (TextTokenizer), over `mesh` (default:
+  every device, data-parallel; multi-process runs pass their mesh and evaluate the same tasks in every process)."""
 
-  def __init__(self, cfg, params, tokenizer, *, batch_size: int = 16, prefix_eot: bool = True):
-    self.cfg, self.params, self.tok, self.batch_size = cfg, params, tokenizer, batch_size
+  def __init__(self, cfg, params, tokenizer, *, batch_size: int = 16, prefix_eot: bool = True, mesh=None):
+    self.cfg, self.tok = cfg, tokenizer
+    self.scorer = Scorer(cfg, params, mesh=mesh, batch_size=batch_size)
     self.prefix_eot = prefix_eot  # contexts start with end-of-text, as documents do in training
 
   def _ids(self, text: str) -> List[int]:
@@ -45,10 +48,22 @@ class Evaluator:
     return len(self._ids(text)) + 1  # the leading end-of-text token
 
   def _score(self, requests):
-    """[(log-likelihood, greedy, continuation tokens)] of (context, continuation) strings (`encode_pair`)."""
+    """[(log-likelihood, greedy, continuation tokens)] of (context, continuation) strings (`encode_pair`); None
+    for a continuation longer than the window, which cannot be scored whole (its example is skipped, counted)."""
     pairs = [encode_pair(self.tok, c, x, prefix_eot=self.prefix_eot) for c, x in requests]
-    scores = loglikelihoods(self.cfg, self.params, pairs, batch_size=self.batch_size)
-    return [(ll, greedy, len(pair[1])) for (ll, greedy), pair in zip(scores, pairs)]
+    fits = [i for i, pair in enumerate(pairs) if len(pair[1]) <= self.cfg.n_ctx]
+    out = [None] * len(pairs)
+    for i, (ll, greedy) in zip(fits, self.scorer.loglikelihoods([pairs[i] for i in fits])):
+      out[i] = (ll, greedy, len(pairs[i][1]))
+    return out
+
+  def _scored(self, task: Task, examples, spans, scores):
+    """The examples (and their first request's index) whose every request was scored; at least one must be."""
+    kept = [(ex, start) for ex, start, n in zip(examples, *spans) if all(scores[start + j] for j in range(n))]
+    if examples and not kept:
+      raise ValueError(f"task {task.name!r}: every example's continuation is longer than the model's "
+                       f"n_ctx={self.cfg.n_ctx} tokens; use a model with a longer context")
+    return kept
 
   def multiple_choice(self, task: Task, k: int, seed: int, limit: int) -> dict:
     requests, layout, k_used = [], [], []
@@ -67,10 +82,12 @@ class Evaluator:
           requests += [(task.unconditional_prompt, choice) for choice in ex.choices]
       layout.append(start)
     scores = self._score(requests)
+    kept = self._scored(task, examples, (layout, [b - a for a, b in zip(layout, layout[1:] + [len(requests)])]),
+                        scores)
     metrics: Dict[str, List[float]] = {"acc": [], "acc_token": [], "acc_char": []}
     if task.unconditional_prompt and not task.partial:
       metrics["acc_uncond"] = []
-    for ex, start in zip(examples, layout):
+    for ex, start in kept:
       n = len(ex.choices)
       ll = np.array([scores[start + c][0] for c in range(n)])
       scored = [ex.target] * n if task.partial else list(ex.choices)
@@ -83,8 +100,8 @@ class Evaluator:
         uncond = np.array([scores[start + n + c][0] for c in range(n)])
         metrics["acc_uncond"].append(float(np.argmax(ll - uncond) == ex.gold))
     primary = "acc_uncond" if "acc_uncond" in metrics else ("acc" if task.partial else "acc_token")
-    summary = _summary(metrics, primary, len(examples), k_used)
-    summary["chance"] = float(np.mean([1.0 / len(ex.choices) for ex in examples]))
+    summary = _summary(metrics, primary, len(kept), k_used, skipped=len(examples) - len(kept))
+    summary["chance"] = float(np.mean([1.0 / len(ex.choices) for ex, _ in kept]))
     return summary
 
   def completion(self, task: Task, k: int, seed: int, limit: int) -> dict:
@@ -95,9 +112,10 @@ class Evaluator:
       pre, used = fewshot.fit(task, fewshot.draw(task, i, k, seed), body, ex.target, self._count, self.cfg.n_ctx)
       k_used.append(used)
       requests.append((pre + body, ex.target))
-    scores = self._score(requests)
+    every = self._score(requests)
+    scores = [every[i] for _, i in self._scored(task, examples, (range(len(examples)), [1] * len(examples)), every)]
     summary = _summary({"acc": [float(g) for _, g, _ in scores], "loglik": [ll for ll, _, _ in scores]}, "acc",
-                       len(examples), k_used)
+                       len(scores), k_used, skipped=len(examples) - len(scores))
     summary["metrics"]["ppl"] = {"value": math.exp(-summary["metrics"]["loglik"]["value"]), "stderr": float("nan")}
     return summary
 
@@ -108,7 +126,7 @@ class Evaluator:
       ids = [self.tok.eot_id] + self._ids(ex.text)
       n_bytes, n_tokens = n_bytes + len(ex.text.encode("utf-8")), n_tokens + len(ids) - 1
       requests += rolling_windows(ids, self.cfg.n_ctx)
-    total = -sum(ll for ll, _ in loglikelihoods(self.cfg, self.params, requests, batch_size=self.batch_size))
+    total = -sum(ll for ll, _ in self.scorer.loglikelihoods(requests))
     metrics = {"nats_per_token": {"value": total / n_tokens, "stderr": float("nan")},
                "bits_per_byte": {"value": total / math.log(2) / n_bytes, "stderr": float("nan")}}
     return {"metric": "nats_per_token", "value": metrics["nats_per_token"]["value"], "stderr": float("nan"),
@@ -134,5 +152,7 @@ def format_table(results: Dict[str, Dict[str, dict]]) -> str:
   for task, by_k in results.items():
     for k, r in by_k.items():
       other = ", ".join(f"{m} {v['value']:.4f}" for m, v in r["metrics"].items() if m != r["metric"])
+      if r.get("skipped"):
+        other += f", skipped {r['skipped']} (longer than n_ctx)"
       lines.append(f"{task:16s} {k:>3s} {r['metric']:>14s} {r['value']:8.4f} {r['stderr']:8.4f} {r['n']:6d}  {other}")
   return "\n".join(lines)

@@ -11,18 +11,25 @@ from typing import List, Optional
 
 
 def run(workdir: str, task_names: List[str], ks: List[int], *, task_dir: Optional[str], seed: int,
-        limit: int) -> dict:
+        limit: int, mesh_cfg=None) -> dict:
+  """Every process scores the same requests over one mesh (MeshConfig; default all devices data-parallel) and
+  process 0 writes the results."""
+  import jax
   from gpt3_jax import workdir as workdir_lib
   from gpt3_jax.evaluation import catalog, runner
+  from gpt3_jax.parallel import mesh as mesh_lib
   if any(k < 0 for k in ks):
     raise ValueError(f"--num_fewshot={','.join(map(str, ks))}: each K must be >= 0, e.g. --num_fewshot=0,1,10")
   tasks = catalog.load_tasks(task_names, task_dir)  # every file read before the model is loaded
   loaded = workdir_lib.load_model(workdir)
-  evaluator = runner.Evaluator(loaded.cfg, loaded.params, loaded.tokenizer())
+  mesh = mesh_lib.make_mesh(mesh_cfg or mesh_lib.MeshConfig())
+  evaluator = runner.Evaluator(loaded.cfg, loaded.params, loaded.tokenizer(), mesh=mesh)
   results = runner.evaluate_all(evaluator, tasks, ks, seed=seed, limit=limit)
   step = loaded.step if loaded.step is not None else 0
   document = {"workdir": os.path.abspath(workdir), "step": loaded.step, "seed": seed, "num_fewshot": list(ks),
               "limit": limit, "tasks": results}
+  if jax.process_index() != 0:
+    return document
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"results_step{step}.json")

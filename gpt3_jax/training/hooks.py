@@ -63,7 +63,7 @@ class TaskEval:
   and metrics.jsonl rows with split 'fewshot'; the newest results stay in `run.task_results`."""
 
   def __init__(self, tasks):
-    self.tasks = tasks
+    self.tasks, self.evaluator = tasks, None
 
   def every(self, cfg) -> int:
     return cfg.task_eval_every or cfg.train_steps
@@ -72,8 +72,11 @@ class TaskEval:
     from gpt3_jax.evaluation import runner
     jax.block_until_ready(run.state)
     start = time.perf_counter()
-    evaluator = runner.Evaluator(run.asm.model, run.state.params, run.corpus.tokenizer)
-    run.task_results = runner.evaluate_all(evaluator, self.tasks, run.cfg.task_eval_fewshot, seed=run.cfg.seed,
+    if self.evaluator is None:  # built once: its compiled shapes serve every evaluation of the run
+      self.evaluator = runner.Evaluator(run.asm.model, run.state.params, run.corpus.tokenizer, mesh=run.asm.mesh)
+    else:
+      self.evaluator.scorer.use(run.state.params)
+    run.task_results = runner.evaluate_all(self.evaluator, self.tasks, run.cfg.task_eval_fewshot, seed=run.cfg.seed,
                                            limit=run.cfg.task_eval_limit)
     for task, by_k in run.task_results.items():
       for k, result in by_k.items():

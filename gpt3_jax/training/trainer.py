@@ -89,9 +89,6 @@ class Run:
 def _tasks(train_cfg: TrainConfig) -> Sequence:
   if not train_cfg.task_eval_tasks:
     return ()
-  if jax.process_count() > 1:
-    raise ValueError("TrainConfig.task_eval_tasks runs in single-process runs only (for now); evaluate the "
-                     "checkpoints with --mode=eval instead")
   from gpt3_jax.evaluation import catalog
   return catalog.load_tasks(train_cfg.task_eval_tasks, train_cfg.task_eval_dir or None)
 
