@@ -1,4 +1,4 @@
-"""gin at the composition boundary: the five config dataclasses are gin-configurable here, nowhere else.
+"""gin at the composition boundary: the six config dataclasses are gin-configurable here, nowhere else.
 
 gin files bind their fields (`ModelConfig.d_model = 768`); `parse_and_build` applies files then bindings (later
 ones win) and constructs the bundle. gin files may `include` others by path relative to the repository root.
@@ -19,13 +19,15 @@ from gpt3_jax.errors import one_line
 
 from gpt3_jax.data.corpus import DataConfig
 from gpt3_jax.data.sources import SourceConfig
+from gpt3_jax.finetune.config import FinetuneConfig
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.parallel.mesh import MeshConfig
 from gpt3_jax.training.optimizer import OptimizerConfig
 from gpt3_jax.training.config import TrainConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_CLASSES = {cls.__name__: cls for cls in (ModelConfig, DataConfig, OptimizerConfig, MeshConfig, TrainConfig)}
+CONFIG_CLASSES = {cls.__name__: cls for cls in (ModelConfig, DataConfig, OptimizerConfig, MeshConfig, TrainConfig,
+                                                 FinetuneConfig)}
 _CONFIGURABLES = {name: gin.external_configurable(cls, name) for name, cls in CONFIG_CLASSES.items()}
 # Nested inside DataConfig.sources (scoped: `DataConfig.sources = (@web/SourceConfig(), ...)`), not built alone.
 gin.external_configurable(SourceConfig, "SourceConfig")
@@ -38,6 +40,8 @@ class ConfigBundle:
   optimizer: OptimizerConfig
   mesh: MeshConfig
   train: TrainConfig
+  finetune: FinetuneConfig = FinetuneConfig()
+  model_bound: tuple = ()  # the ModelConfig fields set in gin (a fine-tune takes the rest from its base)
   model_vocab_bound: bool = False  # ModelConfig.vocab_size was set in gin (else the tokenizer decides)
   operative_config: str = ""  # gin's operative config of this parse: every value the configs were built with
 
@@ -73,11 +77,16 @@ def parse_and_build(gin_files: Sequence[str], bindings: Sequence[str]) -> Config
     raise ValueError(f"bad configuration: {one_line(e)}") from None
   for config in built.values():
     config_types.check_types(config)
-  try:
-    gin.query_parameter("ModelConfig.vocab_size")
-    vocab_bound = True
-  except ValueError:
-    vocab_bound = False
+  bound = tuple(f.name for f in dataclasses.fields(ModelConfig) if _is_bound(f"ModelConfig.{f.name}"))
   return ConfigBundle(model=built["ModelConfig"], data=built["DataConfig"], optimizer=built["OptimizerConfig"],
-                      mesh=built["MeshConfig"], train=built["TrainConfig"], model_vocab_bound=vocab_bound,
+                      mesh=built["MeshConfig"], train=built["TrainConfig"], finetune=built["FinetuneConfig"],
+                      model_bound=bound, model_vocab_bound="vocab_size" in bound,
                       operative_config=gin.operative_config_str())
+
+
+def _is_bound(name: str) -> bool:
+  try:
+    gin.query_parameter(name)
+    return True
+  except ValueError:
+    return False

@@ -63,12 +63,13 @@ def load_workdir(workdir: str):
 
 
 def export_hf(workdir: str, hf_dir: str) -> None:
-  """workdir's newest params -> hf_dir/config.json + hf_dir/model.safetensors (+ the import's tokenizer files)."""
+  """workdir's newest params (LoRA adapters merged) -> hf_dir/config.json + hf_dir/model.safetensors (+ the import's tokenizer files)."""
   import shutil
   from safetensors.numpy import save_file
 
+  from gpt3_jax.model import lora
   loaded = workdir_lib.load_model(workdir)
-  state_dict, hf_config = hf_gpt2.params_to_hf(loaded.cfg, loaded.params)
+  state_dict, hf_config = hf_gpt2.params_to_hf(*lora.merge(loaded.cfg, loaded.params))  # LoRA: folded in
   os.makedirs(hf_dir, exist_ok=True)
   save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, os.path.join(hf_dir, "model.safetensors"),
             metadata={"format": "pt"})

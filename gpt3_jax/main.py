@@ -3,6 +3,8 @@ r"""Entry point: `python -m gpt3_jax.main --gin_file=... [--gin.NAME=VALUE ...] 
 Modes:
   train   (default) train or resume in --workdir; prints the final validation loss next to the unigram baseline
           and a sampled continuation.
+  finetune  fine-tune TrainConfig.init_from on FinetuneConfig's prompt / completion JSONL in --workdir: the loss
+          counts only the completions; resumes like train (docs/finetuning.md).
   plan    what the configured model costs on a mesh and chip, without allocating it: parameter counts, per-device
           memory of params / gradients / optimizer state / activations, FLOPs, step time and tokens per day at
           an assumed MFU, and whether it fits (else a mesh that does); --plan_* flags, --json (gpt3_jax/planner.py).
@@ -12,8 +14,8 @@ Modes:
   eval    zero- / one- / few-shot tasks and perplexity like the paper (--tasks, --num_fewshot, --task_dir;
           docs/evaluation.md): a table, WORKDIR/eval/results_step<N>.json and TensorBoard scalars.
 
-gin files configure the five config dataclasses (ModelConfig, DataConfig, OptimizerConfig, MeshConfig,
-TrainConfig); later files and bindings override earlier ones. The operative config is written to the workdir
+gin files configure the six config dataclasses (ModelConfig, DataConfig, OptimizerConfig, MeshConfig,
+TrainConfig, FinetuneConfig); later files and bindings override earlier ones. The operative config is written to the workdir
 once the run's configuration is checked (and, on resume, found compatible with its checkpoint). Each mode is a
 module of gpt3_jax/modes/.
 
@@ -35,7 +37,7 @@ from gpt3_jax.parallel import host_memory
 flags.DEFINE_multi_string("gin_file", [], "gin config files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'TrainConfig.train_steps = 10'.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the operative config.")
-flags.DEFINE_enum("mode", "train", ["train", "plan", "sample", "score", "eval"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "finetune", "plan", "sample", "score", "eval"], "What to do.")
 flags.DEFINE_bool("json", False, "plan / score: print machine-readable JSON.")
 flags.DEFINE_bool("retain_host_memory", True, "Keep freed host memory for reuse instead of returning it to the OS "
                   "(glibc): XLA:CPU then stops page-faulting its scratch memory in every step. See "
@@ -138,6 +140,9 @@ def run(argv: Sequence[str]) -> None:
   if FLAGS.mode == "train":
     from gpt3_jax.modes import train
     return train.run(bundle, FLAGS.workdir)
+  if FLAGS.mode == "finetune":
+    from gpt3_jax.modes import finetune
+    return finetune.run(bundle, FLAGS.workdir)
   if FLAGS.mode == "eval":
     from gpt3_jax.modes import eval as eval_mode
     try:

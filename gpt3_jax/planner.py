@@ -51,9 +51,11 @@ def count_abstract_params(cfg: ModelConfig) -> int:
 # The sharded train state, per device
 
 
-def make_tx(opt_cfg: Optional[optimizer_lib.OptimizerConfig] = None) -> optax.GradientTransformation:
-  """The training optimizer (its state's structure is what matters here, not its hyper-parameters)."""
-  return optimizer_lib.make_optimizer(opt_cfg or optimizer_lib.OptimizerConfig())
+def make_tx(opt_cfg: Optional[optimizer_lib.OptimizerConfig] = None, cfg: Optional[ModelConfig] = None
+            ) -> optax.GradientTransformation:
+  """The training optimizer (its state's structure is what matters here, not its hyper-parameters): with LoRA or
+  frozen parameters, state only for the trained ones."""
+  return optimizer_lib.make_optimizer(optimizer_lib.for_model(opt_cfg or optimizer_lib.OptimizerConfig(), cfg))
 
 
 def state_layout(cfg: ModelConfig, tx: optax.GradientTransformation) -> Tuple[Any, Any]:
@@ -62,8 +64,7 @@ def state_layout(cfg: ModelConfig, tx: optax.GradientTransformation) -> Tuple[An
   params, scalars replicated)."""
   param_specs = train_state.param_logical_specs(cfg)
   shapes = train_state.state_shapes(cfg, tx)
-  opt_specs = optax.tree_map_params(tx, lambda _, s: s, shapes.opt_state, param_specs,
-                                   transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
+  opt_specs = train_state.opt_state_shardings(shapes.opt_state, shapes.params, param_specs, P())
   return shapes, train_state.TrainState(step=P(), params=param_specs, opt_state=opt_specs)
 
 
@@ -254,7 +255,7 @@ def plan_report(cfg: ModelConfig, *, mesh_shape: Sequence[int] = (-1, 1, 1), num
   if problem:
     raise ValueError(f"plan mesh {shape}: {problem}")
 
-  tx = make_tx(optimizer)
+  tx = make_tx(optimizer, cfg)
   shapes, logical = state_layout(cfg, tx)
   memory = memory_plan(cfg, shapes, logical, shape, work)
   suggestion = None if memory["fits"] else suggest(cfg, shapes, logical, n, work)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from gpt3_jax.model import lora
 from gpt3_jax.model.config import ModelConfig
 
 # Large negative instead of -inf so a fully masked row (never produced by a causal mask) stays finite.
@@ -194,6 +195,9 @@ class SelfAttention(nn.Module):
     b_out = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                        (cfg.d_model,))
     qkv = jnp.einsum("btd,dshk->btshk", x, w_qkv.astype(dtype)) + b_qkv.astype(dtype)
+    if (d := lora.delta(self, cfg, "qkv", x, ("embed",), ("qkv", "heads", "kv"), (cfg.d_model,),
+                        (3, cfg.n_heads, cfg.d_head))) is not None:
+      qkv = qkv + d
     q, k, v = (nn.with_logical_constraint(qkv[:, :, i], ("act_batch", "act_length", "act_heads", "act_kv"))
                for i in range(3))
     if self.decode:
@@ -202,6 +206,9 @@ class SelfAttention(nn.Module):
       y = attend(q, k, v, window=self.window, impl=cfg.attention_impl, block=cfg.attention_block)
     y = checkpoint_name(y, "attention_context")
     out = jnp.einsum("bthk,hkd->btd", y, w_out.astype(dtype)) + b_out.astype(dtype)
+    if (d := lora.delta(self, cfg, "attn_out", y, ("heads", "kv"), ("embed",), (cfg.n_heads, cfg.d_head),
+                        (cfg.d_model,))) is not None:
+      out = out + d
     return checkpoint_name(out, "attention_out")
 
   def _cached_attention(self, q, k, v, positions):

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 VOCAB_MULTIPLE = 128
+LORA_TARGETS = ("qkv", "attn_out", "mlp_in", "mlp_out")
 ATTENTION_PATTERNS = ("dense", "alternating")  # alternating: dense, local, dense, local, ...
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_mlp_outputs")
@@ -64,8 +65,15 @@ class ModelConfig:
   remat_policy: str = "none"
   scan_layers: bool = True
   scan_unroll: int = 1
+  # LoRA (gpt3_jax/model/lora.py): rank > 0 adds a low-rank update scale * A @ B (A [in, rank], B [rank, out],
+  # B zero-initialized, scale = lora_alpha / lora_rank) beside each targeted projection: 'qkv', 'attn_out',
+  # 'mlp_in', 'mlp_out'. Training then updates only the adapters.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: Tuple[str, ...] = ("qkv", "attn_out", "mlp_in", "mlp_out")
 
   def __post_init__(self):
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # JSON gives a list; configs are hashed
     checks = [
         (self.vocab_size > 0, f"vocab_size must be positive, got {self.vocab_size}"),
         (self.n_layers > 0 and self.d_model > 0 and self.n_heads > 0 and self.d_head > 0,
@@ -80,6 +88,9 @@ class ModelConfig:
         (self.local_window > 0, f"local_window must be positive, got {self.local_window}"),
         (self.attention_block >= 0, f"attention_block must be >= 0 (0: one block), got {self.attention_block}"),
         (self.scan_unroll >= 1, f"scan_unroll must be >= 1, got {self.scan_unroll}"),
+        (self.lora_rank >= 0, f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}"),
+        (set(self.lora_targets) <= set(LORA_TARGETS),
+         f"lora_targets={self.lora_targets!r}; choose from {LORA_TARGETS}"),
         (self.attention_pattern != "alternating" or self.n_layers % 2 == 0,
          f"attention_pattern='alternating' needs an even n_layers (dense/local pairs), got {self.n_layers}"),
     ]
@@ -123,6 +134,9 @@ def param_counts(cfg: ModelConfig, *, padded: bool = False) -> dict:
       + d * f + f  # MLP in
       + f * d + d  # MLP out
   )
+  if cfg.lora_rank:  # adapters A [in, r] and B [r, out] beside each targeted projection
+    sizes = {"qkv": (d, 3 * a), "attn_out": (a, d), "mlp_in": (d, f), "mlp_out": (f, d)}
+    per_layer += sum(cfg.lora_rank * sum(sizes[t]) for t in cfg.lora_targets)
   vocab = cfg.padded_vocab_size if padded else cfg.vocab_size
   embedding = vocab * d + cfg.n_ctx * d
   non_embedding = cfg.n_layers * per_layer + 2 * d  # + final LayerNorm

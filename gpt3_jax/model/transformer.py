@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from gpt3_jax.model import lora
 from gpt3_jax.model.attention import EMPTY_POSITION, SelfAttention
 from gpt3_jax.model.config import ModelConfig
 
@@ -63,9 +64,13 @@ class Mlp(nn.Module):
                        (cfg.mlp_width, cfg.d_model))
     b_out = self.param("out_bias", nn.with_logical_partitioning(zeros, ("embed",)), (cfg.d_model,))
     h = jnp.einsum("btd,df->btf", x, w_in.astype(dtype)) + b_in.astype(dtype)
+    if (d := lora.delta(self, cfg, "mlp_in", x, ("embed",), ("mlp",), (cfg.d_model,), (cfg.mlp_width,))) is not None:
+      h = h + d
     h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
     h = jax.nn.gelu(h, approximate=True)
     out = jnp.einsum("btf,fd->btd", h, w_out.astype(dtype)) + b_out.astype(dtype)
+    if (d := lora.delta(self, cfg, "mlp_out", h, ("mlp",), ("embed",), (cfg.mlp_width,), (cfg.d_model,))) is not None:
+      out = out + d
     return checkpoint_name(out, "mlp_out")
 
 

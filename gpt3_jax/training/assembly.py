@@ -12,6 +12,7 @@ steps here; nothing else puts these pieces together.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from gpt3_jax.model import lora
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.parallel import mesh as mesh_lib
 from gpt3_jax.training import optimizer as optimizer_lib
@@ -64,6 +66,8 @@ class Assembly:
   def state_from_params(self, params: Any) -> state_lib.TrainState:
     """These parameters (host arrays, e.g. from `workdir.load_model`), a fresh optimizer state and step 0."""
     expected = self.abstract_state.params
+    if self.model.lora_rank:  # a LoRA run from a plain model: its adapters start fresh (B = 0: the model is the base)
+      params = lora.add_missing_adapters(params, self.fresh_adapters())
     check_param_shapes(params, expected)
 
     def place(value, spec):
@@ -74,6 +78,11 @@ class Assembly:
     init = jax.jit(lambda p: state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
                                                   opt_state=self.tx.init(p)), out_shardings=self.shardings)
     return init(placed)
+
+
+  def fresh_adapters(self, seed: int = 0):
+    import flax.linen as nn
+    return jax.tree.map(np.asarray, nn.unbox(state_lib.init_params_fn(self.model)(jax.random.key(seed))))
 
 
 def check_param_shapes(params: Any, expected: Any) -> None:
@@ -92,10 +101,12 @@ def check_param_shapes(params: Any, expected: Any) -> None:
 
 def assemble(model_cfg: ModelConfig, opt_cfg: optimizer_lib.OptimizerConfig, mesh: Mesh, *, seq_len: int,
              num_microbatches: int = 1) -> Assembly:
+  opt_cfg = optimizer_lib.for_model(opt_cfg, model_cfg)  # LoRA trains the adapters only
   tx = optimizer_lib.make_optimizer(opt_cfg)
   with mesh_lib.activate(mesh):
     shardings = state_lib.state_shardings(model_cfg, tx, mesh)
     abstract = state_lib.abstract_state(model_cfg, tx, mesh)
-  step = step_lib.jit_train_step(step_lib.make_train_step(model_cfg, tx, num_microbatches), shardings, mesh)
+  stop = functools.partial(optimizer_lib.stop_frozen_gradients, opt_cfg)
+  step = step_lib.jit_train_step(step_lib.make_train_step(model_cfg, tx, num_microbatches, stop), shardings, mesh)
   eval_step = step_lib.make_eval_step(model_cfg, shardings, mesh)
   return Assembly(model=model_cfg, mesh=mesh, tx=tx, seq_len=seq_len, shardings=shardings, abstract_state=abstract, train_step=step, eval_step=eval_step)

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 # ModelConfig fields that define the parameters: a checkpoint written with other values cannot be restored.
 ARCHITECTURE_FIELDS = ("vocab_size", "n_ctx", "d_model", "n_layers", "n_heads", "d_head", "d_ff",
-                       "attention_pattern", "local_window", "scan_layers")
+                       "attention_pattern", "local_window", "scan_layers", "lora_rank", "lora_targets")
 # TrainConfig fields that fix the data position and the tokens seen at a step (with DataConfig.seed, saved as
 # `data_seed`). The initialization seed is not among them: it matters only at step 0.
 STREAM_FIELDS = ("global_batch_size", "batch_ramp_tokens", "batch_ramp_start_tokens")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,11 @@ class OptimizerConfig:
   eps: float = 1e-8
   weight_decay: float = 0.1
   grad_clip_norm: float = 1.0
+  # Parameters kept as they are (full fine-tuning with a frozen part): regular expressions matched in full against
+  # parameter names such as 'wte', 'wpe', 'ln_f/scale', 'layers/block/attention/qkv_kernel' (scanned layers are
+  # one stacked parameter each), e.g. ('wte', 'wpe') or ('layers/.*/ln_.*',). They get no gradient work, no
+  # optimizer state and no update (weight decay included).
+  frozen: Tuple[str, ...] = ()
 
   def __post_init__(self):
     from gpt3_jax.config_types import check_finite
@@ -43,7 +50,35 @@ class OptimizerConfig:
     check("eps", low=0.0, low_open=True)
     check("weight_decay", low=0.0)
     check("grad_clip_norm", low=0.0)
+    for pattern in self.frozen:
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise ValueError(f"OptimizerConfig.frozen: {pattern!r} is not a regular expression ({e}); e.g. "
+                         f"OptimizerConfig.frozen = ('wte', 'wpe')") from None
 
+
+def param_name(path) -> str:
+  """'layers/block/attention/qkv_kernel' for a parameter's tree path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def frozen_mask(cfg: OptimizerConfig, params):
+  """True for the parameters `cfg.frozen` names. A pattern that names none is a one-line error."""
+  names = [param_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  for pattern in cfg.frozen:
+    if not any(re.fullmatch(pattern, n) for n in names):
+      raise ValueError(f"OptimizerConfig.frozen: {pattern!r} matches no parameter; names are e.g. "
+                       f"{', '.join(names[:4])}")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(re.fullmatch(p, param_name(path)) for p in cfg.frozen), params)
+
+
+def stop_frozen_gradients(cfg: OptimizerConfig, params):
+  """The parameters with `cfg.frozen`'s behind stop_gradient: their gradient is zero and never computed."""
+  if not cfg.frozen:
+    return params
+  return jax.tree.map(lambda x, frozen: jax.lax.stop_gradient(x) if frozen else x, params, frozen_mask(cfg, params))
 
 def learning_rate_at_tokens(cfg: OptimizerConfig, tokens) -> np.ndarray:
   """LR after `tokens` training tokens. NumPy on the host: the train loop calls it every step, and a device
@@ -77,16 +112,29 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
   return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
+def for_model(cfg: OptimizerConfig, model_cfg) -> OptimizerConfig:
+  """The optimizer config a model trains with: a LoRA model (lora_rank > 0) freezes every non-adapter parameter
+  unless `frozen` says otherwise."""
+  if getattr(model_cfg, "lora_rank", 0) and not cfg.frozen:
+    from gpt3_jax.model import lora
+    return dataclasses.replace(cfg, frozen=(f"(?!{lora.ADAPTER_PATTERN}$).*",))
+  return cfg
+
+
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformationExtraArgs:
   """Clip -> Adam -> decoupled weight decay, WITHOUT the learning rate: the train step multiplies the result by
   -lr, with lr computed on the host from the exact number of tokens seen (so the schedule stays a function of
   tokens with or without the batch-size ramp). Together this is exactly optax.adamw after clipping.
   update() takes an optional `grad_norm=`: the gradients' global norm, when the caller has it already."""
-  return optax.chain(
+  adamw = optax.chain(
       clip_by_global_norm(cfg.grad_clip_norm),
       optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
       optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
   )
+  if not cfg.frozen:
+    return adamw
+  labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(cfg, params))
+  return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
 
 
 def apply_learning_rate(updates, learning_rate):

@@ -9,7 +9,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.model.transformer import GPT
@@ -43,9 +43,28 @@ def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Me
   abstract_params = jax.eval_shape(lambda r: nn.unbox(init_params_fn(cfg)(r)), jax.random.key(0))
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   rep = mesh_lib.replicated(mesh)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
-                                 transform_non_params=lambda _: rep)
-  return TrainState(step=rep, params=param_sh, opt_state=opt_sh)
+  return TrainState(step=rep, params=param_sh, opt_state=opt_state_shardings(abstract_opt, abstract_params,
+                                                                             param_sh, rep))
+
+
+def opt_state_shardings(abstract_opt, abstract_params, param_sh, rep):
+  """Each optimizer-state leaf whose tree path ends with a parameter's path and has its shape (Adam's moments,
+  also inside multi_transform / masked states, as for frozen parameters) takes that parameter's sharding; the
+  rest (counts, empty states) is replicated."""
+  leaves = jax.tree.leaves(param_sh, is_leaf=lambda x: isinstance(x, PartitionSpec))  # NamedShardings or specs
+  by_path = {tuple(str(k) for k in path): (leaf.shape, sh) for (path, leaf), sh in
+             zip(jax.tree_util.tree_leaves_with_path(abstract_params), leaves)}
+  depth = max(len(p) for p in by_path)
+
+  def pick(path, leaf):
+    keys = tuple(str(k) for k in path)
+    for n in range(min(depth, len(keys)), 0, -1):
+      match = by_path.get(keys[-n:])
+      if match is not None and match[0] == leaf.shape:
+        return match[1]
+    return rep
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
 
 def state_shapes(cfg: ModelConfig, tx: optax.GradientTransformation) -> TrainState:

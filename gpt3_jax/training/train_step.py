@@ -16,34 +16,49 @@ from gpt3_jax.training import optimizer as optimizer_lib
 from gpt3_jax.training.train_state import TrainState
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> Tuple[jax.Array, jax.Array]:
-  """Sum of token negative log-likelihoods and the token count (float32)."""
+def cross_entropy(logits: jax.Array, targets: jax.Array, weights=None) -> Tuple[jax.Array, jax.Array]:
+  """Sum of token negative log-likelihoods and the token count (float32); `weights` [B, T] (0 or 1) select the
+  scored tokens (default: all)."""
   logz = jax.nn.logsumexp(logits, axis=-1)
   true_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return jnp.sum(logz - true_logit), jnp.asarray(targets.size, jnp.float32)
+  if weights is None:
+    return jnp.sum(logz - true_logit), jnp.asarray(targets.size, jnp.float32)
+  return jnp.sum((logz - true_logit) * weights), jnp.sum(weights)
 
 
 def loss_fn(params, cfg: ModelConfig, batch: jax.Array) -> Tuple[jax.Array, jax.Array]:
-  """batch: int32 [B, T + 1] packed windows; inputs are batch[:, :-1], targets batch[:, 1:]."""
-  logits = GPT(cfg).apply({"params": params}, batch[:, :-1])
-  return cross_entropy(logits, batch[:, 1:])
+  """batch: int32 [B, T + 1] windows; inputs are batch[:, :-1], targets batch[:, 1:]. A token stored as
+  -(id + 1) is `id` whose prediction is not scored (fine-tuning's prompts and padding, finetune/sft_data.py);
+  pretraining batches have none, and every target counts."""
+  tokens = jnp.where(batch < 0, -batch - 1, batch)
+  logits = GPT(cfg).apply({"params": params}, tokens[:, :-1])
+  return cross_entropy(logits, tokens[:, 1:], (batch[:, 1:] >= 0).astype(jnp.float32))
 
 
-def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformationExtraArgs,
-                    num_microbatches: int = 1) -> Callable[[TrainState, jax.Array, jax.Array], Tuple[TrainState, Dict]]:
+def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformationExtraArgs, num_microbatches: int = 1,
+                    stop_gradients: Callable = lambda params: params
+                    ) -> Callable[[TrainState, jax.Array, jax.Array], Tuple[TrainState, Dict]]:
   """Returns step(state, batch, learning_rate) -> (state, metrics).
 
   With num_microbatches > 1 the batch is split along rows and gradients are accumulated in a scan: numerically
   the large-batch gradient, at 1/m of the activation memory. A step whose loss or gradient norm is not finite
   changes nothing but the step counter (params and optimizer state are kept) and reports skipped = 1.
   `tx` (optimizer.make_optimizer) receives the step's gradient norm as update(..., grad_norm=) for its clipping.
+  `stop_gradients(params)` puts frozen parameters behind stop_gradient (optimizer.stop_frozen_gradients), so the
+  gradient norm and its clipping are over the trained ones.
   """
 
   def grads_of(params, batch):
     def mean_loss(p):
-      total, count = loss_fn(p, cfg, batch)
+      total, count = loss_fn(stop_gradients(p), cfg, batch)
       return total / count
     return jax.value_and_grad(mean_loss)(params)
+
+  def summed_grads_of(params, batch):
+    """(total NLL, token count, gradient of the total): microbatches add these, then divide once, so a
+    fine-tuning batch whose microbatches score different token counts is still the batch's token mean."""
+    (total, count), grads = jax.value_and_grad(lambda p: loss_fn(stop_gradients(p), cfg, batch), has_aux=True)(params)
+    return total, count, grads
 
   def step(state: TrainState, batch: jax.Array, learning_rate: jax.Array):
     if num_microbatches == 1:
@@ -53,12 +68,11 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformationExtraArgs,
       micro = batch.reshape(batch.shape[0] // num_microbatches, num_microbatches, -1).swapaxes(0, 1)
 
       def body(acc, mb):
-        loss, grads = grads_of(state.params, mb)
-        return jax.tree.map(jnp.add, acc, (loss, grads)), None
+        return jax.tree.map(jnp.add, acc, summed_grads_of(state.params, mb)), None
 
-      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-      (loss, grads), _ = jax.lax.scan(body, zeros, micro)
-      loss, grads = jax.tree.map(lambda x: x / num_microbatches, (loss, grads))
+      zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+      (total, count, grads), _ = jax.lax.scan(body, zeros, micro)
+      loss, grads = total / count, jax.tree.map(lambda g: g / count, grads)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 

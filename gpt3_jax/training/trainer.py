@@ -100,7 +100,8 @@ def _build(model_cfg: ModelConfig, data_cfg, opt_cfg, mesh, train_cfg: TrainConf
                    start_tokens=train_cfg.batch_ramp_start_tokens,
                    granularity=mesh_lib.data_parallel_size(mesh) * train_cfg.num_microbatches)
   tasks = _tasks(train_cfg)  # their files are read before the data is prepared
-  corpus = corpus_lib.prepare_corpus(data_cfg)
+  # A DataConfig is prepared into token streams; fine-tuning data (finetune/sft_data.SFTData) into its rows.
+  corpus = data_cfg.prepare(seq_len) if hasattr(data_cfg, "prepare") else corpus_lib.prepare_corpus(data_cfg)
   if tasks and corpus.tokenizer is None:
     raise ValueError("TrainConfig.task_eval_tasks needs a tokenizer (token-file data has none); set "
                      "DataConfig.tokenizer_path or drop the tasks")
@@ -178,8 +179,11 @@ def _loop(run: Run, hooks: Sequence, watcher: PreemptionWatcher) -> bool:
 def unigram_baseline(corpus) -> float:
   """The add-one unigram cross-entropy of each source's validation split (counts from its train split),
   weighted like the evaluation's mean."""
-  losses = [pipeline.unigram_cross_entropy(s.train_tokens[:UNIGRAM_SAMPLE_TOKENS], s.valid_tokens, corpus.vocab_size)
-            for s in corpus.streams]
+  def scored(tokens, stream):  # fine-tuning streams: only the scored (completion) tokens
+    return tokens[tokens >= 0] if getattr(stream, "masked", False) else tokens
+
+  losses = [pipeline.unigram_cross_entropy(scored(s.train_tokens[:UNIGRAM_SAMPLE_TOKENS], s),
+                                           scored(s.valid_tokens, s), corpus.vocab_size) for s in corpus.streams]
   return sum(w * x for w, x in zip(corpus.weights, losses)) / sum(corpus.weights)
 
 

@@ -66,7 +66,10 @@ def validate(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, mesh_cfg: 
   mesh = mesh_lib.make_mesh(mesh_cfg)
   _check_batch(mesh, train_cfg)
   _check_train_config(model_cfg, train_cfg, workdir)
-  corpus_lib.check_sources(data_cfg)
+  if isinstance(data_cfg, corpus_lib.DataConfig):
+    corpus_lib.check_sources(data_cfg)
+  else:  # fine-tuning examples (finetune/sft_data.SFTData): read them now, before anything is written
+    data_cfg.check()
   check_workdir(workdir)
   return mesh
 
@@ -76,7 +79,10 @@ def check_compatible(saved: Dict[str, Any], model_cfg: ModelConfig, train_cfg: T
   """Refuses to resume from a checkpoint whose parameters or data stream do not match this run."""
   saved_model = saved.get("model_config", {})
   for field in ARCHITECTURE_FIELDS:
-    if field in saved_model and saved_model[field] != getattr(model_cfg, field):
+    saved_value = saved_model.get(field)
+    if isinstance(saved_value, list):  # JSON keeps tuples as lists
+      saved_value = tuple(saved_value)
+    if field in saved_model and saved_value != getattr(model_cfg, field):
       raise ValueError(f"the checkpoint in the workdir was written with ModelConfig.{field}="
                        f"{saved_model[field]!r} but this run has {getattr(model_cfg, field)!r}; use a new --workdir "
                        f"or the checkpoint's setting")

@@ -1,0 +1,195 @@
+"""Supervised fine-tuning: the loss mask worked by hand, bad examples, and a fine-tune of an imported GPT-2 that
+learns, resumes bit-exactly and refuses a mismatched architecture."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import tiny_configs as tc
+from gpt3_jax.finetune import sft_data
+from gpt3_jax.finetune.config import FinetuneConfig
+from gpt3_jax.model.config import ModelConfig
+from gpt3_jax.model.transformer import GPT, unboxed_params
+from gpt3_jax.training import train_step
+
+
+class _CharTokenizer:
+  """Test double: 'a'..'o' are tokens 1..15, end-of-text is 0."""
+  eot_id = 0
+
+  def encode(self, text):
+    return [ord(c) - ord("a") + 1 for c in text]
+
+
+def test_the_loss_counts_the_completion_and_its_end_of_text_only():
+  row = sft_data.example_row(_CharTokenizer(), "ab", "cd", seq_len=8)
+  # [eot] a b | c d [eot] | pad pad: masked tokens are stored as -(id + 1).
+  np.testing.assert_array_equal(row, [-1, -2, -3, 3, 4, 0, -1, -1])
+  window = np.concatenate([row, sft_data.masked([0])]).astype(np.int32)[None]  # + the next row's masked [eot]
+  cfg = ModelConfig(vocab_size=16, n_ctx=8, d_model=8, n_layers=1, n_heads=2, d_head=4)
+  params = unboxed_params(GPT(cfg).init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"])
+  total, count = train_step.loss_fn(params, cfg, window)
+  inputs = np.array([[0, 1, 2, 3, 4, 0, 0, 0]])
+  logprobs = np.asarray(jax.nn.log_softmax(GPT(cfg).apply({"params": params}, inputs)[0, :, :16]))
+  # Scored: position 2 predicts c (3), position 3 predicts d (4), position 4 the closing end-of-text (0).
+  expected = -(logprobs[2, 3] + logprobs[3, 4] + logprobs[4, 0])
+  assert float(count) == 3.0 and float(total) == pytest.approx(expected, rel=1e-6)
+  assert sft_data.example_row(_CharTokenizer(), "abc", "def", seq_len=7) is None  # 1 + 3 + 3 + 1 > 7
+  assert sft_data.example_row(_CharTokenizer(), "abc", "de", seq_len=7) is not None
+
+
+def _jsonl(path, rows):
+  with open(path, "w") as f:
+    f.writelines((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+  return str(path)
+
+
+def test_bad_examples_are_one_line_errors_or_counted_skips(tmp_path):
+  path = _jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "completion": "b"}, {"question": "a"},
+                                            {"prompt": "a", "completion": " "},
+                                            {"messages": [{"role": "user", "content": "hi"},
+                                                          {"role": "assistant", "content": "hello"}]}])
+  with pytest.raises(ValueError, match=r"train.jsonl:2: no 'prompt' and 'completion' fields"):
+    sft_data.read_examples(path, FinetuneConfig(train_path=path), __import__("collections").Counter())
+  skipped = __import__("collections").Counter()
+  examples = sft_data.read_examples(path, FinetuneConfig(train_path=path, on_bad_example="skip"), skipped)
+  assert dict(skipped) == {"missing_field": 1, "empty_completion": 1}
+  assert examples == [("a", "b", 1), ("User: hi\nAssistant:", " hello", 4)]
+  with pytest.raises(ValueError, match="on_bad_example='drop' must be one of"):
+    FinetuneConfig(on_bad_example="drop")
+
+
+# --- end to end on an imported GPT-2 ---------------------------------------------------------------------------
+
+WORDS = ["json", "email", "logging", "http", "unittest", "xml", "ast", "re", "os", "sys", "math", "time"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+  """An imported random GPT-2 (n_ctx 64) with its tokenizer, and a copy task: `copy: W =>` -> ` W W`."""
+  pytest.importorskip("transformers")
+  import hf_fixtures
+  from gpt3_jax import convert
+  root = tmp_path_factory.mktemp("finetune")
+  hf_dir = hf_fixtures.make_hf_gpt2_dir(str(root / "hf"), hf_fixtures.stdlib_texts(), n_positions=64)
+  convert.import_hf(hf_dir, str(root / "base"))
+  rng = np.random.default_rng(0)
+  rows = [{"prompt": f"copy: {w} =>", "completion": f" {w} {w}"} for w in rng.choice(WORDS, 96)]
+  train = _jsonl(root / "train.jsonl", rows[:80])
+  valid = _jsonl(root / "valid.jsonl", rows[80:])
+  return str(root / "base"), train, valid
+
+
+def _finetune(base, train, valid, workdir, steps, **changes):
+  from gpt3_jax import workdir as workdir_lib
+  from gpt3_jax.finetune.sft_data import SFTData
+  from gpt3_jax.training import trainer
+  from gpt3_jax.training.optimizer import OptimizerConfig
+  loaded = workdir_lib.load_model(base)
+  data = SFTData(FinetuneConfig(train_path=train, validation_path=valid, **changes), loaded.tokenizer_path,
+                 loaded.cfg.vocab_size)
+  opt = OptimizerConfig(peak_learning_rate=3e-3, warmup_tokens=256, decay_tokens=32 * 8 * 40)
+  cfg = tc.train(init_from=base, seq_len=32, train_steps=steps, eval_every=steps, checkpoint_every=4,
+                 eval_batches=2)
+  return trainer.train(loaded.cfg, data, opt, tc.MESH, cfg, str(workdir))
+
+
+def test_a_fine_tune_learns_the_completions_and_resumes_bit_exactly(base, tmp_path):
+  straight = _finetune(*base, tmp_path / "straight", 20)
+  _finetune(*base, tmp_path / "resumed", 8)
+  resumed = _finetune(*base, tmp_path / "resumed", 20)
+  assert resumed.initialized_from == "resumed" and straight.initialized_from == base[0]
+  for a, b in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(resumed.state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  rows = [json.loads(line) for line in open(tmp_path / "straight" / "metrics.jsonl")]
+  train = [r for r in rows if r["split"] == "train"]
+  assert 0.0 < train[0]["data/sft/padding_fraction"] < 1.0 and train[0]["data/sft/train_examples"] == 80
+  assert straight.eval_loss < train[0]["loss"] - 1.0, (train[0]["loss"], straight.eval_loss)
+
+
+def test_a_fine_tune_refuses_an_architecture_other_than_its_base(base, tmp_path):
+  from gpt3_jax import configs
+  from gpt3_jax.modes import finetune
+  from gpt3_jax import workdir as workdir_lib
+  bundle = configs.parse_and_build([], [f"TrainConfig.init_from = '{base[0]}'", "ModelConfig.d_model = 48",
+                                        "ModelConfig.dtype = 'bfloat16'"])
+  with pytest.raises(ValueError, match=r"ModelConfig.d_model=48 but the base model .* has 32; drop the binding"):
+    finetune.model_config(workdir_lib.load_model(base[0]).cfg, bundle)
+  bundle = configs.parse_and_build([], [f"TrainConfig.init_from = '{base[0]}'", "ModelConfig.dtype = 'bfloat16'"])
+  assert finetune.model_config(workdir_lib.load_model(base[0]).cfg, bundle).dtype == "bfloat16"
+
+
+def test_frozen_parameters_are_bitwise_unchanged_and_hold_no_optimizer_state(tiny_text_dir, tiny_data_dir, tmp_path):
+  import dataclasses
+  from gpt3_jax.training import trainer
+  opt = dataclasses.replace(tc.OPTIMIZER, frozen=("wte", "layers/.*/ln_.*"))
+  result = trainer.train(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), opt, tc.MESH, tc.train(train_steps=3),
+                         str(tmp_path / "frozen"))
+  from gpt3_jax.parallel import mesh as mesh_lib
+  from gpt3_jax.training.assembly import assemble
+  asm = assemble(result.model_config, opt, mesh_lib.make_mesh(tc.MESH), seq_len=32)
+  with asm.activate():
+    fresh = asm.fresh_state(seed=tc.train().seed)
+  from gpt3_jax.training.optimizer import param_name
+  changed = {param_name(p): not np.array_equal(np.asarray(a), np.asarray(b)) for (p, a), b in
+             zip(jax.tree_util.tree_leaves_with_path(result.state.params), jax.tree.leaves(fresh.params))}
+  frozen = [n for n in changed if n == "wte" or "/ln_" in n]
+  assert frozen and not any(changed[n] for n in frozen)
+  assert all(changed[n] for n in changed if n not in frozen)  # the rest trained
+  state_sizes = sum(x.size for x in jax.tree.leaves(result.state.opt_state))
+  params = {param_name(p): x.size for p, x in jax.tree_util.tree_leaves_with_path(result.state.params)}
+  trained = sum(v for k, v in params.items() if k not in frozen)
+  assert state_sizes == 2 * trained + 1  # Adam's two moments of the trained parameters and its count
+  with pytest.raises(ValueError, match="'wtf' matches no parameter"):
+    trainer.train(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), dataclasses.replace(tc.OPTIMIZER, frozen=("wtf",)),
+                  tc.MESH, tc.train(train_steps=1), str(tmp_path / "bad"))
+
+
+def test_lora_starts_at_the_base_trains_only_adapters_and_exports_merged(base, tmp_path):
+  """A LoRA fine-tune of the imported GPT-2: step 0 gives the base's logits exactly; training changes only the
+  adapters (the base is bitwise the same, and holds no optimizer state); the merged export equals the unmerged
+  model's logits."""
+  import dataclasses
+  from gpt3_jax import convert, workdir as workdir_lib
+  from gpt3_jax.model import lora
+  from gpt3_jax.parallel import mesh as mesh_lib
+  from gpt3_jax.training.assembly import assemble
+  from gpt3_jax.training.optimizer import OptimizerConfig, param_name
+  loaded = workdir_lib.load_model(base[0])
+  cfg = dataclasses.replace(loaded.cfg, lora_rank=4, lora_alpha=8.0)
+  tokens = np.arange(1, 33)[None] % loaded.cfg.vocab_size
+  asm = assemble(cfg, OptimizerConfig(), mesh_lib.make_mesh(tc.MESH), seq_len=32)
+  with asm.activate():
+    start = asm.state_from_params(loaded.params)
+  logits = lambda c, p: np.asarray(GPT(c).apply({"params": jax.tree.map(np.asarray, p)}, tokens))
+  np.testing.assert_array_equal(logits(cfg, start.params), logits(loaded.cfg, loaded.params))
+
+  from gpt3_jax.training import trainer
+  data = sft_data.SFTData(FinetuneConfig(train_path=base[1], validation_path=base[2]), loaded.tokenizer_path,
+                          loaded.cfg.vocab_size)
+  opt = OptimizerConfig(peak_learning_rate=1e-2, warmup_tokens=256, decay_tokens=32 * 8 * 40)
+  result = trainer.train(cfg, data, opt, tc.MESH, tc.train(init_from=base[0], seq_len=32, train_steps=6,
+                                                           eval_every=6), str(tmp_path / "lora"))
+  trained = {param_name(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(result.state.params)}
+  before = {param_name(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(start.params)}
+  adapters = [n for n in trained if "_lora_" in n]
+  assert len(adapters) == 8 and all(not np.array_equal(trained[n], before[n]) for n in adapters if "lora_b" in n)
+  assert all(np.array_equal(trained[n], before[n]) for n in trained if n not in adapters)
+  moments = sum(x.size for x in jax.tree.leaves(result.state.opt_state)) - 1
+  assert moments == 2 * sum(trained[n].size for n in adapters)
+  merged_cfg, merged = lora.merge(cfg, result.state.params)
+  assert merged_cfg.lora_rank == 0 and not any("_lora_" in param_name(p) for p, _ in
+                                               jax.tree_util.tree_leaves_with_path(merged))
+  unmerged = logits(cfg, result.state.params)[..., :cfg.vocab_size]
+  np.testing.assert_allclose(logits(merged_cfg, merged)[..., :cfg.vocab_size], unmerged, atol=1e-4)
+  assert not np.allclose(unmerged, logits(loaded.cfg, loaded.params)[..., :cfg.vocab_size], atol=1e-3)
+  convert.export_hf(str(tmp_path / "lora"), str(tmp_path / "hf_out"))
+  import torch
+  import transformers
+  hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf_out")).eval()
+  with torch.no_grad():
+    theirs = hf(torch.tensor(tokens)).logits.numpy()
+  np.testing.assert_allclose(theirs, unmerged, atol=1e-4)
