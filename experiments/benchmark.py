@@ -110,6 +110,8 @@ def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int, warmup: i
       "step_s_min": min(step_s), "tokens_s": batch_size * seq_len / median_s,
       "model_tflops_s": flops_per_step / median_s / 1e12, "loss": float(metrics["loss"]),
       "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+      "state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)),  # params + optimizer state (LoRA: adapters')
+      "trained_params": sum(x.size for x in jax.tree.leaves(state.opt_state)) // 2,  # Adam's two moments each
       "page_faults_per_step": int(statistics.median(faults)),
       "masked_attention_share": masked_attention_share(model_cfg, seq_len),
   }
