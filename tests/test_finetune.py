@@ -83,7 +83,7 @@ def base(tmp_path_factory):
   return str(root / "base"), train, valid
 
 
-def _finetune(base, train, valid, workdir, steps, **changes):
+def _finetune(base, train, valid, workdir, steps, decay_steps=40, peak=3e-3, **changes):
   from gpt3_jax import workdir as workdir_lib
   from gpt3_jax.finetune.sft_data import SFTData
   from gpt3_jax.training import trainer
@@ -91,7 +91,7 @@ def _finetune(base, train, valid, workdir, steps, **changes):
   loaded = workdir_lib.load_model(base)
   data = SFTData(FinetuneConfig(train_path=train, validation_path=valid, **changes), loaded.tokenizer_path,
                  loaded.cfg.vocab_size)
-  opt = OptimizerConfig(peak_learning_rate=3e-3, warmup_tokens=256, decay_tokens=32 * 8 * 40)
+  opt = OptimizerConfig(peak_learning_rate=peak, warmup_tokens=256, decay_tokens=32 * 8 * decay_steps)
   cfg = tc.train(init_from=base, seq_len=32, train_steps=steps, eval_every=steps, checkpoint_every=4,
                  eval_batches=2)
   return trainer.train(loaded.cfg, data, opt, tc.MESH, cfg, str(workdir))
@@ -193,3 +193,58 @@ def test_lora_starts_at_the_base_trains_only_adapters_and_exports_merged(base, t
   with torch.no_grad():
     theirs = hf(torch.tensor(tokens)).logits.numpy()
   np.testing.assert_allclose(theirs, unmerged, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_killed_fine_tune_resumes_bit_exactly(base, tmp_path):
+  """`--mode=finetune` in a subprocess, SIGKILLed twice and SIGTERMed once at random points (often inside an
+  asynchronous checkpoint write): every logged loss equals the uninterrupted fine-tune's exactly."""
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+  import fault_injection
+  flags = ["--mode=finetune", f"--gin.TrainConfig.init_from='{base[0]}'",
+           f"--gin.FinetuneConfig.train_path='{base[1]}'", f"--gin.FinetuneConfig.validation_path='{base[2]}'",
+           "--gin.TrainConfig.seq_len=32", "--gin.TrainConfig.global_batch_size=4", "--gin.TrainConfig.train_steps=10",
+           "--gin.TrainConfig.checkpoint_every=1", "--gin.TrainConfig.keep_checkpoints=3",
+           "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.eval_every=10", "--gin.TrainConfig.eval_batches=1",
+           "--gin.TrainConfig.sample_tokens=0", "--gin.TrainConfig.peak_flops_per_device=1e11",
+           "--gin.OptimizerConfig.peak_learning_rate=3e-3", "--gin.OptimizerConfig.warmup_tokens=256",
+           "--gin.OptimizerConfig.decay_tokens=4096"]
+  with open(tmp_path / "log.txt", "w") as log:
+    reference = fault_injection.run_uninterrupted(flags, str(tmp_path / "a"), log)
+    result = fault_injection.run_with_faults(flags, str(tmp_path / "b"), steps=10, kills=3, log=log, seed=2,
+                                             damage=False)
+  assert result["faults"] == 3 and sorted(reference) == list(range(1, 11))
+  assert fault_injection.compare(reference, fault_injection.logged_losses(str(tmp_path / "b"))) == 0.0
+  losses = [reference[s] for s in sorted(reference)]
+  assert losses[0] - min(losses) > 0.5  # it trains: a lost or repeated update would change the losses
+
+
+def test_a_synthetic_classification_goes_from_chance_to_95_percent(base, tmp_path):
+  """Classification by verbalized labels (no new parameters): fine-tune on `... => yes|no` where the label is
+  which keyword set the sentence holds, then score both labels on held-out sentences (new filler combinations)
+  with the evaluation's multiple-choice scorer: from about chance to at least 95%."""
+  from gpt3_jax import workdir as workdir_lib
+  from gpt3_jax.evaluation import runner
+  from gpt3_jax.evaluation.tasks import Example, Task
+  rng = np.random.default_rng(3)
+  keywords = {" yes": ["json", "email", "http"], " no": ["class", "import", "return"]}
+  filler = ["the", "a", "of", "value", "list", "file", "name", "data"]
+
+  def example():
+    label = [" yes", " no"][rng.integers(2)]
+    words = list(rng.choice(filler, 3)) + [str(rng.choice(keywords[label]))]
+    rng.shuffle(words)
+    return " ".join(words) + " =>", label
+
+  train = [example() for _ in range(160)]
+  held_out = [e for e in (example() for _ in range(200)) if e not in train][:60]
+  path = _jsonl(tmp_path / "train.jsonl", [{"prompt": p, "completion": c} for p, c in train])
+  task = Task("keywords", "multiple_choice", {"validation": [Example(context=p, choices=[" yes", " no"],
+                                                                     gold=[" yes", " no"].index(c))
+                                                             for p, c in held_out]})
+  loaded = workdir_lib.load_model(base[0])
+  before = runner.Evaluator(loaded.cfg, loaded.params, loaded.tokenizer()).evaluate(task, k=0)["metrics"]["acc"]
+  result = _finetune(base[0], path, base[2], tmp_path / "cls", 300, decay_steps=300, peak=1e-2)
+  after = runner.Evaluator(result.model_config, result.state.params, loaded.tokenizer()).evaluate(task, k=0)
+  assert abs(before["value"] - 0.5) < 0.2 and after["metrics"]["acc"]["value"] >= 0.95, (before, after["metrics"])
