@@ -42,8 +42,12 @@ class ConfigBundle:
   train: TrainConfig
   finetune: FinetuneConfig = FinetuneConfig()
   model_bound: tuple = ()  # the ModelConfig fields set in gin (a fine-tune takes the rest from its base)
-  model_vocab_bound: bool = False  # ModelConfig.vocab_size was set in gin (else the tokenizer decides)
   operative_config: str = ""  # gin's operative config of this parse: every value the configs were built with
+
+  @property
+  def model_vocab_bound(self) -> bool:
+    """ModelConfig.vocab_size was set in gin (else the tokenizer decides)."""
+    return "vocab_size" in self.model_bound
 
   def check_vocab(self) -> None:
     """For training: a vocabulary bound on the model must be the one the tokenizer is trained to."""
@@ -80,7 +84,7 @@ def parse_and_build(gin_files: Sequence[str], bindings: Sequence[str]) -> Config
   bound = tuple(f.name for f in dataclasses.fields(ModelConfig) if _is_bound(f"ModelConfig.{f.name}"))
   return ConfigBundle(model=built["ModelConfig"], data=built["DataConfig"], optimizer=built["OptimizerConfig"],
                       mesh=built["MeshConfig"], train=built["TrainConfig"], finetune=built["FinetuneConfig"],
-                      model_bound=bound, model_vocab_bound="vocab_size" in bound,
+                      model_bound=bound,
                       operative_config=gin.operative_config_str())
 
 

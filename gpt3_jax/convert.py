@@ -63,7 +63,8 @@ def load_workdir(workdir: str):
 
 
 def export_hf(workdir: str, hf_dir: str) -> None:
-  """workdir's newest params (LoRA adapters merged) -> hf_dir/config.json + hf_dir/model.safetensors (+ the import's tokenizer files)."""
+  """workdir's newest params (LoRA adapters merged) -> hf_dir/config.json + hf_dir/model.safetensors (+ the
+  import's tokenizer files)."""
   import shutil
   from safetensors.numpy import save_file
 

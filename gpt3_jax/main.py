@@ -15,9 +15,9 @@ Modes:
           docs/evaluation.md): a table, WORKDIR/eval/results_step<N>.json and TensorBoard scalars.
 
 gin files configure the six config dataclasses (ModelConfig, DataConfig, OptimizerConfig, MeshConfig,
-TrainConfig, FinetuneConfig); later files and bindings override earlier ones. The operative config is written to the workdir
-once the run's configuration is checked (and, on resume, found compatible with its checkpoint). Each mode is a
-module of gpt3_jax/modes/.
+TrainConfig, FinetuneConfig); later files and bindings override earlier ones. The operative config is written to
+the workdir once the run's configuration is checked (and, on resume, found compatible with its checkpoint). Each
+mode is a module of gpt3_jax/modes/.
 
 Multi-process runs: --coordinator_address, --num_processes and --process_id on every process, or none of them
 inside a SLURM / Open MPI / multi-host TPU job (detected automatically); see docs/scaling.md.

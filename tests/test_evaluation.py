@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import hf_fixtures  # noqa: E402
+from text_fixtures import CharTokenizer, write_jsonl  # noqa: E402
 from gpt3_jax import workdir as workdir_lib  # noqa: E402
 from gpt3_jax.evaluation import embedded, fewshot, readers, runner  # noqa: E402
 from gpt3_jax.evaluation.likelihood import loglikelihoods  # noqa: E402
@@ -24,39 +25,32 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATOL = 1e-4
 
 
-def _jsonl(path, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-
-
 def write_task_dir(root):
   """One or two examples of each standard task, in the files' exact distributed formats."""
   hs = {"ind": 1, "activity_label": "Baking cookies", "ctx_a": "A man mixes flour and sugar.",
         "ctx_b": "then he", "ctx": "...", "endings": ["puts the dough in the oven [title] Done.", "eats the bowl.",
                                                      "sings loudly.", "flies away."], "label": 0, "split": "val"}
-  _jsonl(f"{root}/hellaswag/hellaswag_train.jsonl", [dict(hs, label=1)])
-  _jsonl(f"{root}/hellaswag/hellaswag_val.jsonl", [hs, dict(hs, label=2)])
-  _jsonl(f"{root}/lambada/lambada_test.jsonl", [{"text": "He opened the door and saw his old friend Tom"},
+  write_jsonl(f"{root}/hellaswag/hellaswag_train.jsonl", [dict(hs, label=1)])
+  write_jsonl(f"{root}/hellaswag/hellaswag_val.jsonl", [hs, dict(hs, label=2)])
+  write_jsonl(f"{root}/lambada/lambada_test.jsonl", [{"text": "He opened the door and saw his old friend Tom"},
                                                 {"text": "She drank a cup of hot tea"}])
   arc = {"id": "q1", "question": {"stem": "Which is a liquid?", "choices": [
       {"text": "ice", "label": "A"}, {"text": "water", "label": "B"}, {"text": "rock", "label": "C"}]},
          "answerKey": "B"}
   for split in ("Train", "Test"):
-    _jsonl(f"{root}/arc_easy/ARC-Easy-{split}.jsonl", [arc, dict(arc, answerKey="C")])
+    write_jsonl(f"{root}/arc_easy/ARC-Easy-{split}.jsonl", [arc, dict(arc, answerKey="C")])
   for split in ("train", "valid"):
-    _jsonl(f"{root}/piqa/{split}.jsonl", [{"goal": "Open a jar", "sol1": "twist the lid", "sol2": "eat the jar"}])
+    write_jsonl(f"{root}/piqa/{split}.jsonl", [{"goal": "Open a jar", "sol1": "twist the lid", "sol2": "eat the jar"}])
     with open(f"{root}/piqa/{split}-labels.lst", "w") as f:
       f.write("0\n")
   wino = {"sentence": "The trophy did not fit in the suitcase because _ was too big.", "option1": "the trophy",
           "option2": "the suitcase", "answer": "1"}
-  _jsonl(f"{root}/winogrande/train_xl.jsonl", [wino])
-  _jsonl(f"{root}/winogrande/dev.jsonl", [wino, dict(wino, answer="2")])
+  write_jsonl(f"{root}/winogrande/train_xl.jsonl", [wino])
+  write_jsonl(f"{root}/winogrande/dev.jsonl", [wino, dict(wino, answer="2")])
   copa = {"premise": "The man broke his toe.", "choice1": "He dropped a hammer on his foot.",
           "choice2": "He got a hole in his sock.", "question": "cause", "label": 0, "idx": 0}
   for split in ("train", "val"):
-    _jsonl(f"{root}/copa/{split}.jsonl", [copa])
+    write_jsonl(f"{root}/copa/{split}.jsonl", [copa])
   os.makedirs(f"{root}/storycloze", exist_ok=True)
   header = ["InputStoryid", "InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
             "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding"]
@@ -66,7 +60,7 @@ def write_task_dir(root):
       w.writerow(header)
       w.writerow(["s1", "Ann was hungry.", "She went home.", "She opened the fridge.", "It was empty.",
                   "She ordered pizza.", "She was full.", "1"])
-  _jsonl(f"{root}/mytask.jsonl", [{"context": "2 + 2 =", "choices": [" 4", " 5"], "gold": 0, "split": "train"},
+  write_jsonl(f"{root}/mytask.jsonl", [{"context": "2 + 2 =", "choices": [" 4", " 5"], "gold": 0, "split": "train"},
                                   {"context": "3 + 3 =", "choices": [" 7", " 6"], "gold": 1}])
   return root
 
@@ -291,17 +285,6 @@ def test_context_and_continuation_split_like_the_harness(gpt2):
     assert tail and tok.decode(head + tail) == context + continuation
 
 
-class _CharTokenizer:
-  """Test double: 'a'..'o' are tokens 1..15, end-of-text is 0."""
-  eot_id = 0
-
-  def encode(self, text):
-    return [ord(c) - ord("a") + 1 for c in text]
-
-  def decode(self, ids):
-    return "".join(chr(i + ord("a") - 1) for i in ids if i)
-
-
 def _unigram_model():
   """Hand-set weights: the final LayerNorm's scale is 0 and its bias picks column 0 of the tied embedding, so every
   position's logits are that column: log p(a) = -1 and log p(b) = -1.5 whatever the context."""
@@ -322,7 +305,7 @@ def _unigram_model():
 
 def test_hand_set_weights_give_the_accuracy_they_imply():
   cfg, params = _unigram_model()
-  ev = runner.Evaluator(cfg, params, _CharTokenizer())
+  ev = runner.Evaluator(cfg, params, CharTokenizer())
   picks = Task("picks", "multiple_choice", {"validation": [Example(context="c", choices=["a", "b"], gold=g)
                                                            for g in (0, 0, 0, 1)]})
   result = ev.evaluate(picks, k=0)

@@ -1,6 +1,7 @@
 """Supervised fine-tuning: the loss mask worked by hand, bad examples, and a fine-tune of an imported GPT-2 that
 learns, resumes bit-exactly and refuses a mismatched architecture."""
 
+import collections
 import json
 import os
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import tiny_configs as tc
+from text_fixtures import CharTokenizer, write_jsonl
 from gpt3_jax.finetune import sft_data
 from gpt3_jax.finetune.config import FinetuneConfig
 from gpt3_jax.model.config import ModelConfig
@@ -16,16 +18,8 @@ from gpt3_jax.model.transformer import GPT, unboxed_params
 from gpt3_jax.training import train_step
 
 
-class _CharTokenizer:
-  """Test double: 'a'..'o' are tokens 1..15, end-of-text is 0."""
-  eot_id = 0
-
-  def encode(self, text):
-    return [ord(c) - ord("a") + 1 for c in text]
-
-
 def test_the_loss_counts_the_completion_and_its_end_of_text_only():
-  row = sft_data.example_row(_CharTokenizer(), "ab", "cd", seq_len=8)
+  row = sft_data.example_row(CharTokenizer(), "ab", "cd", seq_len=8)
   # [eot] a b | c d [eot] | pad pad: masked tokens are stored as -(id + 1).
   np.testing.assert_array_equal(row, [-1, -2, -3, 3, 4, 0, -1, -1])
   window = np.concatenate([row, sft_data.masked([0])]).astype(np.int32)[None]  # + the next row's masked [eot]
@@ -37,24 +31,18 @@ def test_the_loss_counts_the_completion_and_its_end_of_text_only():
   # Scored: position 2 predicts c (3), position 3 predicts d (4), position 4 the closing end-of-text (0).
   expected = -(logprobs[2, 3] + logprobs[3, 4] + logprobs[4, 0])
   assert float(count) == 3.0 and float(total) == pytest.approx(expected, rel=1e-6)
-  assert sft_data.example_row(_CharTokenizer(), "abc", "def", seq_len=7) is None  # 1 + 3 + 3 + 1 > 7
-  assert sft_data.example_row(_CharTokenizer(), "abc", "de", seq_len=7) is not None
-
-
-def _jsonl(path, rows):
-  with open(path, "w") as f:
-    f.writelines((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
-  return str(path)
+  assert sft_data.example_row(CharTokenizer(), "abc", "def", seq_len=7) is None  # 1 + 3 + 3 + 1 > 7
+  assert sft_data.example_row(CharTokenizer(), "abc", "de", seq_len=7) is not None
 
 
 def test_bad_examples_are_one_line_errors_or_counted_skips(tmp_path):
-  path = _jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "completion": "b"}, {"question": "a"},
+  path = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "completion": "b"}, {"question": "a"},
                                             {"prompt": "a", "completion": " "},
                                             {"messages": [{"role": "user", "content": "hi"},
                                                           {"role": "assistant", "content": "hello"}]}])
   with pytest.raises(ValueError, match=r"train.jsonl:2: no 'prompt' and 'completion' fields"):
-    sft_data.read_examples(path, FinetuneConfig(train_path=path), __import__("collections").Counter())
-  skipped = __import__("collections").Counter()
+    sft_data.read_examples(path, FinetuneConfig(train_path=path), collections.Counter())
+  skipped = collections.Counter()
   examples = sft_data.read_examples(path, FinetuneConfig(train_path=path, on_bad_example="skip"), skipped)
   assert dict(skipped) == {"missing_field": 1, "empty_completion": 1}
   assert examples == [("a", "b", 1), ("User: hi\nAssistant:", " hello", 4)]
@@ -78,8 +66,8 @@ def base(tmp_path_factory):
   convert.import_hf(hf_dir, str(root / "base"))
   rng = np.random.default_rng(0)
   rows = [{"prompt": f"copy: {w} =>", "completion": f" {w} {w}"} for w in rng.choice(WORDS, 96)]
-  train = _jsonl(root / "train.jsonl", rows[:80])
-  valid = _jsonl(root / "valid.jsonl", rows[80:])
+  train = write_jsonl(root / "train.jsonl", rows[:80])
+  valid = write_jsonl(root / "valid.jsonl", rows[80:])
   return str(root / "base"), train, valid
 
 
@@ -239,7 +227,7 @@ def test_a_synthetic_classification_goes_from_chance_to_95_percent(base, tmp_pat
 
   train = [example() for _ in range(160)]
   held_out = [e for e in (example() for _ in range(200)) if e not in train][:60]
-  path = _jsonl(tmp_path / "train.jsonl", [{"prompt": p, "completion": c} for p, c in train])
+  path = write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "completion": c} for p, c in train])
   task = Task("keywords", "multiple_choice", {"validation": [Example(context=p, choices=[" yes", " no"],
                                                                      gold=[" yes", " no"].index(c))
                                                              for p, c in held_out]})

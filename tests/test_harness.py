@@ -81,7 +81,6 @@ def test_our_scorer_and_the_adapter_agree(tmp_path):
   np.testing.assert_allclose([s for s, _, _ in mine], [s for s, _ in theirs], atol=1e-6)
 
 
-
 def test_generate_until_matches_the_harness_hf_model(tmp_path):
   """Greedy generation, `until` and `max_gen_toks` as the harness's own Hugging Face model does them (batched
   requests of two settings, one with a context longer than the window)."""

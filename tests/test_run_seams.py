@@ -6,8 +6,6 @@ import dataclasses
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np

@@ -61,17 +61,6 @@ def _logprobs_and_greedy(params, tokens, *, cfg: ModelConfig):
           jnp.argmax(logprobs, axis=-1) == targets)
 
 
-def _place(value, sharding):
-  """A parameter in `sharding`: kept when it is already there (a training run's state), else placed from the host
-  value, which every process holds in full (a loaded checkpoint)."""
-  if isinstance(value, jax.Array) and value.sharding == sharding:
-    return value
-  if isinstance(value, jax.Array) and value.is_fully_addressable:
-    return jax.device_put(value, sharding)
-  host = np.asarray(value)
-  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
 class Scorer:
   """Log-likelihoods over a mesh, like training: the parameters placed once by the rules table, each batch's rows
   split over data x fsdp, the results replicated to every process. Every process must pass the same requests (as
@@ -83,21 +72,20 @@ class Scorer:
     ways = mesh_lib.data_parallel_size(self.mesh)
     self.batch_size = -(-batch_size // ways) * ways  # a multiple of the batch's shards
     with mesh_lib.activate(self.mesh):
-      shardings = mesh_lib.logical_to_sharding(state_lib.param_logical_specs(cfg), self.mesh)
-    self._shardings = shardings
+      self._shardings = state_lib.param_shardings(cfg, self.mesh)
     self.use(params)
     self._rows = mesh_lib.batch_sharding(self.mesh)
-    self._step = jax.jit(functools.partial(_logprobs_and_greedy, cfg=cfg), in_shardings=(shardings, self._rows),
+    self._step = jax.jit(functools.partial(_logprobs_and_greedy, cfg=cfg), in_shardings=(self._shardings, self._rows),
                          out_shardings=mesh_lib.replicated(self.mesh))
 
   def use(self, params) -> None:
     """Score with these parameters from now on (same shapes: the compiled steps are kept)."""
-    self.params = jax.tree.map(_place, unboxed_params(params), self._shardings)
+    # A training run's state is already in these shardings and is used as it is; a loaded checkpoint is placed.
+    self.params = jax.tree.map(mesh_lib.place, unboxed_params(params), self._shardings)
 
   def _run(self, tokens: np.ndarray):
     with mesh_lib.activate(self.mesh):
-      batch = jax.make_array_from_callback(tokens.shape, self._rows, lambda index: tokens[index])
-      return jax.device_get(self._step(self.params, batch))
+      return jax.device_get(self._step(self.params, mesh_lib.place(tokens, self._rows)))
 
   def loglikelihoods(self, requests: Sequence[Tuple[Sequence[int], Sequence[int]]]) -> List[Tuple[float, bool]]:
     """(sum of the continuation's log-probs, greedy match) for each (context, continuation) request."""

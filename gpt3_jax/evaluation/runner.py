@@ -57,16 +57,16 @@ class Evaluator:
       out[i] = (ll, greedy, len(pairs[i][1]))
     return out
 
-  def _scored(self, task: Task, examples, spans, scores):
-    """The examples (and their first request's index) whose every request was scored; at least one must be."""
-    kept = [(ex, start) for ex, start, n in zip(examples, *spans) if all(scores[start + j] for j in range(n))]
-    if examples and not kept:
+  def _scored(self, task: Task, spans, scores) -> List[int]:
+    """Indices of the examples whose requests (`spans[i]`: a range of them) were all scored; at least one."""
+    kept = [i for i, span in enumerate(spans) if all(scores[j] for j in span)]
+    if spans and not kept:
       raise ValueError(f"task {task.name!r}: every example's continuation is longer than the model's "
                        f"n_ctx={self.cfg.n_ctx} tokens; use a model with a longer context")
     return kept
 
   def multiple_choice(self, task: Task, k: int, seed: int, limit: int) -> dict:
-    requests, layout, k_used = [], [], []
+    requests, spans, k_used = [], [], []
     examples = list(task.examples)[:limit or None]
     for i, ex in enumerate(examples):
       body = "" if task.partial else ex.context
@@ -80,15 +80,14 @@ class Evaluator:
         requests += [(pre + ex.context, choice) for choice in ex.choices]
         if task.unconditional_prompt:
           requests += [(task.unconditional_prompt, choice) for choice in ex.choices]
-      layout.append(start)
+      spans.append(range(start, len(requests)))
     scores = self._score(requests)
-    kept = self._scored(task, examples, (layout, [b - a for a, b in zip(layout, layout[1:] + [len(requests)])]),
-                        scores)
+    kept = self._scored(task, spans, scores)
     metrics: Dict[str, List[float]] = {"acc": [], "acc_token": [], "acc_char": []}
     if task.unconditional_prompt and not task.partial:
       metrics["acc_uncond"] = []
-    for ex, start in kept:
-      n = len(ex.choices)
+    for i in kept:
+      ex, start, n = examples[i], spans[i].start, len(examples[i].choices)
       ll = np.array([scores[start + c][0] for c in range(n)])
       scored = [ex.target] * n if task.partial else list(ex.choices)
       tokens = np.array([max(1, scores[start + c][2]) for c in range(n)])
@@ -100,8 +99,8 @@ class Evaluator:
         uncond = np.array([scores[start + n + c][0] for c in range(n)])
         metrics["acc_uncond"].append(float(np.argmax(ll - uncond) == ex.gold))
     primary = "acc_uncond" if "acc_uncond" in metrics else ("acc" if task.partial else "acc_token")
-    summary = _summary(metrics, primary, len(kept), k_used, skipped=len(examples) - len(kept))
-    summary["chance"] = float(np.mean([1.0 / len(ex.choices) for ex, _ in kept]))
+    summary = _summary(metrics, primary, len(kept), [k_used[i] for i in kept], skipped=len(examples) - len(kept))
+    summary["chance"] = float(np.mean([1.0 / len(examples[i].choices) for i in kept]))
     return summary
 
   def completion(self, task: Task, k: int, seed: int, limit: int) -> dict:
@@ -113,9 +112,10 @@ class Evaluator:
       k_used.append(used)
       requests.append((pre + body, ex.target))
     every = self._score(requests)
-    scores = [every[i] for _, i in self._scored(task, examples, (range(len(examples)), [1] * len(examples)), every)]
+    kept = self._scored(task, [range(i, i + 1) for i in range(len(examples))], every)
+    scores = [every[i] for i in kept]
     summary = _summary({"acc": [float(g) for _, g, _ in scores], "loglik": [ll for ll, _, _ in scores]}, "acc",
-                       len(scores), k_used, skipped=len(examples) - len(scores))
+                       len(kept), [k_used[i] for i in kept], skipped=len(examples) - len(kept))
     summary["metrics"]["ppl"] = {"value": math.exp(-summary["metrics"]["loglik"]["value"]), "stderr": float("nan")}
     return summary
 

@@ -40,10 +40,6 @@ def masked(ids) -> np.ndarray:
   return -(np.asarray(ids, np.int64) + 1)
 
 
-def unmasked(stored: np.ndarray) -> np.ndarray:
-  return np.where(stored < 0, -stored - 1, stored)
-
-
 def messages_to_pair(messages: Sequence[dict]) -> Tuple[str, str]:
   """A chat as (prompt, completion) with a plain template: one 'Role: content' line per message; the last message
   is the completion, after its 'Role:' (and a space)."""
@@ -105,7 +101,6 @@ class SFTStream:
   name: str
   train_tokens: np.ndarray
   valid_tokens: np.ndarray
-  skipped: Dict[str, int]
   masked: bool = True
 
 
@@ -165,37 +160,26 @@ class SFTData:
     tokenizer = load_tokenizer(self.tokenizer_path)
     skipped: collections.Counter = collections.Counter()
     train, valid = self._splits(skipped)
-    streams = []
+    paths = {"train": self.cfg.train_path, "validation": self.cfg.validation_path or self.cfg.train_path}
+    streams, stats, padding = [], {}, 0
     for split, examples in (("train", train), ("validation", valid)):
       rows = []
       for prompt, completion, number in examples:
         row = example_row(tokenizer, prompt, completion, seq_len)
         if row is None:
-          path = self.cfg.validation_path if split == "validation" and self.cfg.validation_path else self.cfg.train_path
-          _bad(self.cfg, skipped, "too_long", f"{path}:{number}: the example needs more than the sequence's "
+          _bad(self.cfg, skipped, "too_long", f"{paths[split]}:{number}: the example needs more than the sequence's "
                f"{seq_len} tokens (prompt, completion and two end-of-text); raise TrainConfig.seq_len (up to "
                f"n_ctx) or shorten it")
           continue
         rows.append(row)
+        padding += seq_len - 1 - int(np.flatnonzero(row >= 0)[-1])  # masked positions after the closing eot
       if not rows:
         raise ValueError(f"FinetuneConfig: no {split} example fits {seq_len} tokens; raise TrainConfig.seq_len")
-      flat = np.concatenate(rows + [masked([tokenizer.eot_id]).astype(np.int32)])
-      streams.append(flat)
+      streams.append(np.concatenate(rows + [masked([tokenizer.eot_id]).astype(np.int32)]))
+      stats[f"{split}_examples"] = len(rows)
+    stats.update({f"skipped/{k}": v for k, v in sorted(skipped.items())})
+    stats["padding_fraction"] = padding / ((stats["train_examples"] + stats["validation_examples"]) * seq_len)
     fingerprint = hashlib.sha256(b"".join(s.tobytes() for s in streams)).hexdigest()[:16]
-    stats = {"train_examples": len(train), "validation_examples": len(valid), **{
-        f"skipped/{k}": v for k, v in sorted(skipped.items())}}
-    stats["padding_fraction"] = _padding_fraction(streams, tokenizer.eot_id, seq_len)
     return SFTCorpus(tokenizer=tokenizer, tokenizer_path=self.tokenizer_path,
-                     streams=(SFTStream("sft", streams[0], streams[1], dict(skipped)),), weights=(1.0,),
+                     streams=(SFTStream("sft", streams[0], streams[1]),), weights=(1.0,),
                      vocab_size=self.vocab_size, fingerprint=fingerprint, stats=stats)
-
-
-def _padding_fraction(streams: Sequence[np.ndarray], eot: int, seq_len: int) -> float:
-  """The share of the rows' positions that are padding (after the closing end-of-text)."""
-  pad = total = 0
-  for flat in streams:
-    rows = flat[:-1].reshape(-1, seq_len)
-    closing = np.argmax(rows == eot, axis=1)  # the first unmasked end-of-text closes the completion
-    pad += int(np.sum(seq_len - 1 - closing))
-    total += rows.size
-  return pad / total if total else 0.0

@@ -23,9 +23,8 @@ import numpy as np
 from gpt3_jax.model.config import ModelConfig
 
 ADAPTER_PATTERN = r".*_lora_[ab]"  # parameter names of the adapters (optimizer.param_name, full match)
-# target -> (kernel name inside its module, number of input axes of the kernel).
-KERNELS = {"qkv": ("qkv_kernel", 1), "attn_out": ("out_kernel", 2), "mlp_in": ("in_kernel", 1),
-           "mlp_out": ("out_kernel", 1)}
+# target -> the kernel it adapts, inside its module (attention or mlp).
+KERNELS = {"qkv": "qkv_kernel", "attn_out": "out_kernel", "mlp_in": "in_kernel", "mlp_out": "out_kernel"}
 
 
 def delta(module: nn.Module, cfg: ModelConfig, target: str, x: jax.Array, in_logical: Sequence,
@@ -33,7 +32,7 @@ def delta(module: nn.Module, cfg: ModelConfig, target: str, x: jax.Array, in_log
   """(alpha / r) * (x A) B for x [b, t, *in_shape] -> [b, t, *out_shape], or None when `target` has no adapter."""
   if cfg.lora_rank == 0 or target not in cfg.lora_targets:
     return None
-  name, r = KERNELS[target][0], cfg.lora_rank
+  name, r = KERNELS[target], cfg.lora_rank
   fan_in = int(np.prod(in_shape))
   a = module.param(f"{name}_lora_a", nn.with_logical_partitioning(
       nn.initializers.normal(1.0 / math.sqrt(fan_in)), tuple(in_logical) + (None,)), tuple(in_shape) + (r,))

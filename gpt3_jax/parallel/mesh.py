@@ -168,6 +168,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def place(value: Any, sharding: NamedSharding, dtype=None) -> jax.Array:
+  """`value` as a global array in `sharding`: an array already there is kept, one on this process's devices is
+  moved, and a host value (which every process holds in full, e.g. a loaded checkpoint) is cut into its shards."""
+  if isinstance(value, jax.Array) and value.sharding == sharding and (dtype is None or value.dtype == dtype):
+    return value
+  if isinstance(value, jax.Array) and value.is_fully_addressable:
+    return jax.device_put(value if dtype is None else value.astype(dtype), sharding)
+  host = np.asarray(value, dtype)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Token batches [B, T]: rows over data x fsdp."""
   return NamedSharding(mesh, P(("data", "fsdp"), None))

@@ -67,22 +67,13 @@ class Assembly:
     """These parameters (host arrays, e.g. from `workdir.load_model`), a fresh optimizer state and step 0."""
     expected = self.abstract_state.params
     if self.model.lora_rank:  # a LoRA run from a plain model: its adapters start fresh (B = 0: the model is the base)
-      params = lora.add_missing_adapters(params, self.fresh_adapters())
+      params = lora.add_missing_adapters(params, state_lib.host_params(self.model, seed=0))
     check_param_shapes(params, expected)
 
-    def place(value, spec):
-      value = np.asarray(value, spec.dtype)
-      return jax.make_array_from_callback(value.shape, spec.sharding, lambda index: value[index])
-
-    placed = jax.tree.map(place, params, expected)
+    placed = jax.tree.map(lambda value, spec: mesh_lib.place(value, spec.sharding, spec.dtype), params, expected)
     init = jax.jit(lambda p: state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
                                                   opt_state=self.tx.init(p)), out_shardings=self.shardings)
     return init(placed)
-
-
-  def fresh_adapters(self, seed: int = 0):
-    import flax.linen as nn
-    return jax.tree.map(np.asarray, nn.unbox(state_lib.init_params_fn(self.model)(jax.random.key(seed))))
 
 
 def check_param_shapes(params: Any, expected: Any) -> None:
@@ -109,4 +100,5 @@ def assemble(model_cfg: ModelConfig, opt_cfg: optimizer_lib.OptimizerConfig, mes
   stop = functools.partial(optimizer_lib.stop_frozen_gradients, opt_cfg)
   step = step_lib.jit_train_step(step_lib.make_train_step(model_cfg, tx, num_microbatches, stop), shardings, mesh)
   eval_step = step_lib.make_eval_step(model_cfg, shardings, mesh)
-  return Assembly(model=model_cfg, mesh=mesh, tx=tx, seq_len=seq_len, shardings=shardings, abstract_state=abstract, train_step=step, eval_step=eval_step)
+  return Assembly(model=model_cfg, mesh=mesh, tx=tx, seq_len=seq_len, shardings=shardings, abstract_state=abstract,
+                  train_step=step, eval_step=eval_step)

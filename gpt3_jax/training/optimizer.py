@@ -80,6 +80,7 @@ def stop_frozen_gradients(cfg: OptimizerConfig, params):
     return params
   return jax.tree.map(lambda x, frozen: jax.lax.stop_gradient(x) if frozen else x, params, frozen_mask(cfg, params))
 
+
 def learning_rate_at_tokens(cfg: OptimizerConfig, tokens) -> np.ndarray:
   """LR after `tokens` training tokens. NumPy on the host: the train loop calls it every step, and a device
   computation here would wait for the step in flight."""

@@ -8,6 +8,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
@@ -36,10 +37,20 @@ def param_logical_specs(cfg: ModelConfig):
   return nn.get_partition_spec(boxed)
 
 
+def param_shardings(cfg: ModelConfig, mesh: Mesh):
+  """NamedShardings of the params by the rules table."""
+  return mesh_lib.logical_to_sharding(param_logical_specs(cfg), mesh)
+
+
+def host_params(cfg: ModelConfig, seed: int):
+  """Initial params as host NumPy arrays (e.g. fresh LoRA adapters to add to a loaded base)."""
+  return jax.tree.map(np.asarray, nn.unbox(init_params_fn(cfg)(jax.random.key(seed))))
+
+
 def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
   """NamedShardings of every leaf of the TrainState: params by the rules table, optimizer moments like their
   params, scalars (step, counts) replicated."""
-  param_sh = mesh_lib.logical_to_sharding(param_logical_specs(cfg), mesh)
+  param_sh = param_shardings(cfg, mesh)
   abstract_params = jax.eval_shape(lambda r: nn.unbox(init_params_fn(cfg)(r)), jax.random.key(0))
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   rep = mesh_lib.replicated(mesh)

@@ -16,13 +16,11 @@ from gpt3_jax.training import optimizer as optimizer_lib
 from gpt3_jax.training.train_state import TrainState
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array, weights=None) -> Tuple[jax.Array, jax.Array]:
-  """Sum of token negative log-likelihoods and the token count (float32); `weights` [B, T] (0 or 1) select the
-  scored tokens (default: all)."""
+def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """Sum of the scored tokens' negative log-likelihoods and their count (float32); `weights` [B, T] are 1 for a
+  scored token and 0 otherwise."""
   logz = jax.nn.logsumexp(logits, axis=-1)
   true_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  if weights is None:
-    return jnp.sum(logz - true_logit), jnp.asarray(targets.size, jnp.float32)
   return jnp.sum((logz - true_logit) * weights), jnp.sum(weights)
 
 

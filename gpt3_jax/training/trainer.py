@@ -101,7 +101,8 @@ def _build(model_cfg: ModelConfig, data_cfg, opt_cfg, mesh, train_cfg: TrainConf
                    granularity=mesh_lib.data_parallel_size(mesh) * train_cfg.num_microbatches)
   tasks = _tasks(train_cfg)  # their files are read before the data is prepared
   # A DataConfig is prepared into token streams; fine-tuning data (finetune/sft_data.SFTData) into its rows.
-  corpus = data_cfg.prepare(seq_len) if hasattr(data_cfg, "prepare") else corpus_lib.prepare_corpus(data_cfg)
+  corpus = (corpus_lib.prepare_corpus(data_cfg) if isinstance(data_cfg, corpus_lib.DataConfig)
+            else data_cfg.prepare(seq_len))
   if tasks and corpus.tokenizer is None:
     raise ValueError("TrainConfig.task_eval_tasks needs a tokenizer (token-file data has none); set "
                      "DataConfig.tokenizer_path or drop the tasks")
