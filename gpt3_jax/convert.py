@@ -8,7 +8,8 @@
 Import reads model.safetensors (or a sharded model.safetensors.index.json) with the safetensors NumPy API, or
 pytorch_model.bin (needs torch), and keeps the tokenizer files (tokenizer.json, vocab.json + merges.txt), so the
 import can sample, score and be trained on text. Export writes safetensors with NumPy only;
-transformers.GPT2LMHeadModel.from_pretrained(HF_DIR) loads it.
+transformers.GPT2LMHeadModel.from_pretrained(HF_DIR) loads it (a fine-tuned classifier:
+GPT2ForSequenceClassification, with its labels and the end-of-text as padding token).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def export_hf(workdir: str, hf_dir: str) -> None:
 
   from gpt3_jax.model import lora
   loaded = workdir_lib.load_model(workdir)
-  state_dict, hf_config = hf_gpt2.params_to_hf(*lora.merge(loaded.cfg, loaded.params))  # LoRA: folded in
+  pad = loaded.tokenizer().eot_id if loaded.cfg.class_labels and loaded.tokenizer_path else None
+  state_dict, hf_config = hf_gpt2.params_to_hf(*lora.merge(loaded.cfg, loaded.params), pad)  # LoRA: folded in
   os.makedirs(hf_dir, exist_ok=True)
   save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, os.path.join(hf_dir, "model.safetensors"),
             metadata={"format": "pt"})

@@ -1,4 +1,5 @@
-"""What every training run prints at the end: validation loss next to the unigram baseline, and a sample."""
+"""What every training run prints at the end: validation loss next to the unigram baseline (a classifier: accuracy
+and macro-F1 next to the label prior), the task results and a sample."""
 
 from __future__ import annotations
 
@@ -19,6 +20,26 @@ def _sample(result: RunResult, train_cfg) -> str:
   return tokenizer.decode(new)
 
 
+def _print_language_model(result: RunResult) -> None:
+  loss, unigram = result.eval_loss, result.unigram_loss
+  print(f"step {result.step}: validation loss {loss:.3f} nats/token (perplexity {math.exp(min(loss, 50)):.1f})")
+  for key, value in sorted(result.eval_metrics.items()):
+    if key != "loss":
+      print(f"  {key.removesuffix('/loss')}: {value:.3f} nats/token")
+  print(f"unigram baseline on the same split: {unigram:.3f} nats/token (perplexity {math.exp(unigram):.1f})")
+  gap = unigram - loss
+  print(f"the model is {abs(gap):.3f} nats/token {'below' if gap >= 0 else 'ABOVE'} the unigram baseline")
+
+
+def _print_classifier(result: RunResult) -> None:
+  m, prior = result.eval_metrics, result.unigram_loss
+  print(f"step {result.step}: validation loss {m['loss']:.3f} nats/example, accuracy {m['accuracy']:.3f}, "
+        f"macro-F1 {m['macro_f1']:.3f} over {int(m['examples'])} examples of {len(result.model_config.class_labels)} "
+        f"classes")
+  print(f"label-prior baseline on the same split: {prior:.3f} nats/example; the model is {abs(prior - m['loss']):.3f} "
+        f"{'below' if m['loss'] <= prior else 'ABOVE'} it")
+
+
 def print_summary(result: RunResult, train_cfg) -> None:
   if result.preempted:
     if jax.process_index() == 0:
@@ -28,21 +49,20 @@ def print_summary(result: RunResult, train_cfg) -> None:
   completion = _sample(result, train_cfg) if sampled else ""  # every process: sampling runs on the global mesh
   if jax.process_index() != 0:
     return
-  loss, unigram = result.eval_loss, result.unigram_loss
   print("=" * 72)
-  print(f"step {result.step}: validation loss {loss:.3f} nats/token (perplexity {math.exp(min(loss, 50)):.1f})")
-  for key, value in sorted(result.eval_metrics.items()):
-    if key != "loss":
-      print(f"  {key.removesuffix('/loss')}: {value:.3f} nats/token")
-  print(f"unigram baseline on the same split: {unigram:.3f} nats/token (perplexity {math.exp(unigram):.1f})")
-  gap = unigram - loss
-  print(f"the model is {abs(gap):.3f} nats/token {'below' if gap >= 0 else 'ABOVE'} the unigram baseline")
+  if result.model_config.class_labels:
+    _print_classifier(result)
+  else:
+    _print_language_model(result)
   for task, by_k in result.task_results.items():
     for k, r in by_k.items():
       chance = f" (chance {r['chance']:.3f})" if r.get("chance") else ""
       fitted = f", {r['k_used_mean']:.1f} demonstrations fitted on average" if int(k) > 0 else ""
       print(f"{task} {k}-shot: {r['metric']} {r['value']:.3f} +- {r['stderr']:.3f} over {r['n']} examples{chance}"
             f"{fitted}")
+  if result.best:
+    b = result.best
+    print(f"best {b['metric']} {b['value']:.4f} at step {b['step']}: parameters kept in <workdir>/best")
   if sampled:
     print(f"--- sample (temperature {train_cfg.sample_temperature}) ---")
     print(f"{train_cfg.sample_prompt}{completion}")

@@ -3,6 +3,7 @@
   <workdir>/operative_config.gin          the gin config of the newest start (earlier ones: operative_config.N.gin)
   <workdir>/checkpoints/<step>/{state,data,meta}   orbax checkpoints of a training run (`Checkpointer`)
   <workdir>/checkpoints_damaged/, checkpoints_abandoned/   checkpoints set aside (never restored again)
+  <workdir>/best/checkpoints/<step>       the best parameters by TrainConfig.keep_best_metric (reads as a workdir)
   <workdir>/events.out.tfevents.*         TensorBoard metrics
   <workdir>/hf_import/, model_config.json, tokenizer/   a Hugging Face import (`python -m gpt3_jax.convert`)
 
@@ -19,6 +20,7 @@ import shutil
 from typing import Any, Optional
 
 CHECKPOINTS = "checkpoints"
+BEST = "best"
 CHECKPOINT_ITEMS = ("state", "data", "meta")
 OPERATIVE_CONFIG = "operative_config.gin"
 IMPORT_PARAMS = "hf_import"

@@ -31,3 +31,16 @@ def tiny_text_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("data_cache"))
+
+
+@pytest.fixture(scope="session")
+def imported_gpt2(tmp_path_factory):
+  """The workdir of an imported random GPT-2 (n_ctx 64, 2 layers, d_model 32) with its byte-level BPE tokenizer
+  trained on stdlib text: the base of the fine-tuning tests."""
+  pytest.importorskip("transformers")
+  import hf_fixtures
+  from gpt3_jax import convert
+  root = tmp_path_factory.mktemp("gpt2_import")
+  hf_dir = hf_fixtures.make_hf_gpt2_dir(str(root / "hf"), hf_fixtures.stdlib_texts(), n_positions=64)
+  convert.import_hf(hf_dir, str(root / "base"))
+  return str(root / "base")

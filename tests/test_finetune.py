@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import tiny_configs as tc
-from text_fixtures import CharTokenizer, write_jsonl
+from text_fixtures import CharTokenizer, keyword_sentences, write_jsonl
+from gpt3_jax.finetune import examples as examples_lib
 from gpt3_jax.finetune import sft_data
 from gpt3_jax.finetune.config import FinetuneConfig
 from gpt3_jax.model.config import ModelConfig
@@ -41,11 +42,11 @@ def test_bad_examples_are_one_line_errors_or_counted_skips(tmp_path):
                                             {"messages": [{"role": "user", "content": "hi"},
                                                           {"role": "assistant", "content": "hello"}]}])
   with pytest.raises(ValueError, match=r"train.jsonl:2: no 'prompt' and 'completion' fields"):
-    sft_data.read_examples(path, FinetuneConfig(train_path=path), collections.Counter())
+    examples_lib.read_examples(path, FinetuneConfig(train_path=path), collections.Counter())
   skipped = collections.Counter()
-  examples = sft_data.read_examples(path, FinetuneConfig(train_path=path, on_bad_example="skip"), skipped)
+  examples = examples_lib.read_examples(path, FinetuneConfig(train_path=path, on_bad_example="skip"), skipped)
   assert dict(skipped) == {"missing_field": 1, "empty_completion": 1}
-  assert examples == [("a", "b", 1), ("User: hi\nAssistant:", " hello", 4)]
+  assert examples == [("a", "b", f"{path}:1"), ("User: hi\nAssistant:", " hello", f"{path}:4")]
   with pytest.raises(ValueError, match="on_bad_example='drop' must be one of"):
     FinetuneConfig(on_bad_example="drop")
 
@@ -56,19 +57,14 @@ WORDS = ["json", "email", "logging", "http", "unittest", "xml", "ast", "re", "os
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
+def base(imported_gpt2, tmp_path_factory):
   """An imported random GPT-2 (n_ctx 64) with its tokenizer, and a copy task: `copy: W =>` -> ` W W`."""
-  pytest.importorskip("transformers")
-  import hf_fixtures
-  from gpt3_jax import convert
   root = tmp_path_factory.mktemp("finetune")
-  hf_dir = hf_fixtures.make_hf_gpt2_dir(str(root / "hf"), hf_fixtures.stdlib_texts(), n_positions=64)
-  convert.import_hf(hf_dir, str(root / "base"))
   rng = np.random.default_rng(0)
   rows = [{"prompt": f"copy: {w} =>", "completion": f" {w} {w}"} for w in rng.choice(WORDS, 96)]
   train = write_jsonl(root / "train.jsonl", rows[:80])
   valid = write_jsonl(root / "valid.jsonl", rows[80:])
-  return str(root / "base"), train, valid
+  return imported_gpt2, train, valid
 
 
 def _finetune(base, train, valid, workdir, steps, decay_steps=40, peak=3e-3, **changes):
@@ -215,18 +211,7 @@ def test_a_synthetic_classification_goes_from_chance_to_95_percent(base, tmp_pat
   from gpt3_jax import workdir as workdir_lib
   from gpt3_jax.evaluation import runner
   from gpt3_jax.evaluation.tasks import Example, Task
-  rng = np.random.default_rng(3)
-  keywords = {" yes": ["json", "email", "http"], " no": ["class", "import", "return"]}
-  filler = ["the", "a", "of", "value", "list", "file", "name", "data"]
-
-  def example():
-    label = [" yes", " no"][rng.integers(2)]
-    words = list(rng.choice(filler, 3)) + [str(rng.choice(keywords[label]))]
-    rng.shuffle(words)
-    return " ".join(words) + " =>", label
-
-  train = [example() for _ in range(160)]
-  held_out = [e for e in (example() for _ in range(200)) if e not in train][:60]
+  train, held_out = ([(text + " =>", label) for text, label in split] for split in keyword_sentences((" yes", " no")))
   path = write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "completion": c} for p, c in train])
   task = Task("keywords", "multiple_choice", {"validation": [Example(context=p, choices=[" yes", " no"],
                                                                      gold=[" yes", " no"].index(c))
@@ -236,3 +221,66 @@ def test_a_synthetic_classification_goes_from_chance_to_95_percent(base, tmp_pat
   result = _finetune(base[0], path, base[2], tmp_path / "cls", 300, decay_steps=300, peak=1e-2)
   after = runner.Evaluator(result.model_config, result.state.params, loaded.tokenizer()).evaluate(task, k=0)
   assert abs(before["value"] - 0.5) < 0.2 and after["metrics"]["acc"]["value"] >= 0.95, (before, after["metrics"])
+
+
+@pytest.mark.parametrize("pattern,scan", [("dense", True), ("alternating", True), ("alternating", False)])
+def test_the_first_layers_freeze_bitwise_scanned_or_not(pattern, scan, tiny_text_dir, tiny_data_dir, tmp_path):
+  """OptimizerConfig.frozen_layers = 1 of 2: layer 0's parameters (rows of the stacked ones, or whole unscanned
+  ones) are bitwise unchanged, weight decay included, while layer 1 and the rest train."""
+  import dataclasses
+  from gpt3_jax.training import trainer
+  from gpt3_jax.training.optimizer import param_name
+  model = dataclasses.replace(tc.MODEL, attention_pattern=pattern, local_window=8, scan_layers=scan)
+  opt = dataclasses.replace(tc.OPTIMIZER, frozen_layers=1)
+  result = trainer.train(model, tc.data(tiny_text_dir, tiny_data_dir), opt, tc.MESH, tc.train(train_steps=2),
+                         str(tmp_path / "w"))
+  from gpt3_jax.parallel import mesh as mesh_lib
+  from gpt3_jax.training.assembly import assemble
+  asm = assemble(result.model_config, opt, mesh_lib.make_mesh(tc.MESH), seq_len=32)
+  with asm.activate():
+    fresh = asm.fresh_state(seed=tc.train().seed)
+  layer0, layer1 = [], []
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(result.state.params), jax.tree.leaves(fresh.params)):
+    name, a, b = param_name(path), np.asarray(a), np.asarray(b)
+    if scan and name.startswith(("layers/block", "layers/dense")):  # layer 0 is row 0 (of a dense or a pair unit)
+      layer0.append(np.array_equal(a[0], b[0]))
+      layer1.append(np.array_equal(a[1:], b[1:]) if pattern == "dense" else None)
+    elif scan and name.startswith("layers/local"):  # layer 1 is the pair's local block
+      layer1.append(np.array_equal(a, b))
+    elif name.startswith(("layers_0/block", "layers_0/dense")):
+      layer0.append(np.array_equal(a, b))
+    elif name.startswith(("layers_1/block", "layers_0/local")):
+      layer1.append(np.array_equal(a, b))
+  assert layer0 and all(layer0)
+  assert [x for x in layer1 if x is not None] and not any(x for x in layer1 if x is not None)
+  with pytest.raises(ValueError, match="frozen_layers=3 but the model has 2 layers"):
+    trainer.train(model, tc.data(tiny_text_dir, tiny_data_dir), dataclasses.replace(opt, frozen_layers=3), tc.MESH,
+                  tc.train(train_steps=1), str(tmp_path / "bad"))
+
+
+def test_lora_dropout_changes_training_and_resumes_bit_exactly(base, tmp_path):
+  """ModelConfig.lora_dropout = 0.5: the adapters train differently than without dropout (it is on), and a run
+  stopped at step 2 and resumed ends bitwise where the straight run does (the masks are a function of the step)."""
+  import dataclasses
+  from gpt3_jax import workdir as workdir_lib
+  from gpt3_jax.training import trainer
+  from gpt3_jax.training.optimizer import OptimizerConfig
+  loaded = workdir_lib.load_model(base[0])
+  data = sft_data.SFTData(FinetuneConfig(train_path=base[1], validation_path=base[2]), loaded.tokenizer_path,
+                          loaded.cfg.vocab_size)
+  opt = OptimizerConfig(peak_learning_rate=1e-2, warmup_tokens=256, decay_tokens=32 * 8 * 40)
+
+  def run(dropout, name, steps):
+    cfg = dataclasses.replace(loaded.cfg, lora_rank=4, lora_dropout=dropout)
+    return trainer.train(cfg, data, opt, tc.MESH, tc.train(init_from=base[0], seq_len=32, train_steps=steps,
+                                                           eval_every=4, checkpoint_every=2), str(tmp_path / name))
+
+  leaves = lambda r: [np.asarray(x) for x in jax.tree.leaves(r.state.params)]
+  straight = run(0.5, "straight", 4)
+  run(0.5, "resumed", 2)
+  resumed = run(0.5, "resumed", 4)
+  assert resumed.initialized_from == "resumed"
+  for a, b in zip(leaves(straight), leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  plain = run(0.0, "plain", 4)
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves(straight), leaves(plain)))

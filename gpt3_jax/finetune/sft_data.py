@@ -1,12 +1,19 @@
-"""Supervised fine-tuning data: prompt / completion examples as rows the pretraining machinery trains on.
+"""Fine-tuning data: prompt / completion (or text / label) examples as rows the pretraining machinery trains on.
 
-Each example becomes one row of `seq_len` tokens:
+Each generation example becomes one row of `seq_len` tokens:
 
   [eot] prompt... completion... [eot] [pad]...
 
-A token whose prediction is not scored is stored as -(id + 1) (`masked`): the leading end-of-text, the prompt and
-the padding. So the loss (`train_step.loss_fn`) counts exactly the completion's tokens and the end-of-text that
-closes it, the prompt is context only, and the padding (end-of-text tokens after the example) is never a target.
+A token whose prediction is not scored is stored as -(id + 1) (`masked`, training/row_format.py): the leading
+end-of-text, the prompt and the padding. So the loss (`train_step.loss_fn`) counts exactly the completion's tokens
+and the end-of-text that closes it, the prompt is context only, and the padding (end-of-text tokens after the
+example) is never a target. A classification example (FinetuneConfig.task = 'classify') is
+
+  [eot] text... [pad]... [label]
+
+with the class index in the last position (row_format.label_code); the classifier's head reads the last text
+token, and its loss is the cross-entropy over the labels.
+
 The rows are laid end to end with one more masked end-of-text, so the pretraining stream's windows (seq_len + 1
 tokens at stride seq_len, `data/pipeline.py`) are exactly the rows: the shuffled, per-process, exactly resumable
 order (`data/mixture.py`), validation batches, checkpointed data position and every guard apply unchanged.
@@ -16,70 +23,24 @@ segment mask in every attention kernel (xla, block-sparse, cuDNN, splash); paddi
 measured and reported (`data/sft/padding_fraction`), and `TrainConfig.seq_len` near the longest example keeps it
 small.
 
-Bad examples (a missing field, an empty completion, one that does not fit the row) are a one-line error naming the
-file and line, or with `FinetuneConfig.on_bad_example = 'skip'` counted by reason (`data/sft/skipped/<reason>`);
-an answer is never truncated.
+Bad examples (a missing field, an empty completion or text, an unknown label, one that does not fit the row) are a
+one-line error naming the file and line (`examples.py`), or with `FinetuneConfig.on_bad_example = 'skip'` counted by
+reason (`data/sft/skipped/<reason>`); an answer is never truncated.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
-import json
-import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from gpt3_jax.finetune import examples
 from gpt3_jax.finetune.config import FinetuneConfig
-
-
-def masked(ids) -> np.ndarray:
-  """Token ids as stored when their prediction is not scored."""
-  return -(np.asarray(ids, np.int64) + 1)
-
-
-def messages_to_pair(messages: Sequence[dict]) -> Tuple[str, str]:
-  """A chat as (prompt, completion) with a plain template: one 'Role: content' line per message; the last message
-  is the completion, after its 'Role:' (and a space)."""
-  lines = [f"{str(m['role']).capitalize()}: {m['content']}\n" for m in messages[:-1]]
-  return "".join(lines) + f"{str(messages[-1]['role']).capitalize()}:", " " + str(messages[-1]["content"])
-
-
-def read_examples(path: str, cfg: FinetuneConfig, skipped: collections.Counter) -> List[Tuple[str, str, int]]:
-  """(prompt, completion, line number) of each good line of a JSONL file."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"FinetuneConfig: {path!r} does not exist; pass a JSONL file of "
-                            f"{{{cfg.prompt_field!r}, {cfg.completion_field!r}}} lines")
-  out = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number}: not JSON ({e.msg}); each line is one JSON object") from None
-      if isinstance(row, dict) and isinstance(row.get(cfg.messages_field), list) and row[cfg.messages_field]:
-        pair = messages_to_pair(row[cfg.messages_field])
-      elif isinstance(row, dict) and cfg.prompt_field in row and cfg.completion_field in row:
-        pair = (str(row[cfg.prompt_field]), str(row[cfg.completion_field]))
-      else:
-        _bad(cfg, skipped, "missing_field", f"{path}:{number}: no {cfg.prompt_field!r} and {cfg.completion_field!r} "
-             f"fields (nor a {cfg.messages_field!r} list); set FinetuneConfig.prompt_field / completion_field")
-        continue
-      if not pair[1].strip():
-        _bad(cfg, skipped, "empty_completion", f"{path}:{number}: the completion is empty")
-        continue
-      out.append((pair[0], pair[1], number))
-  return out
-
-
-def _bad(cfg: FinetuneConfig, skipped: collections.Counter, reason: str, message: str) -> None:
-  if cfg.on_bad_example == "error":
-    raise ValueError(f"{message} (or set FinetuneConfig.on_bad_example = 'skip' to count and skip such examples)")
-  skipped[reason] += 1
+from gpt3_jax.training.row_format import label_code, masked
 
 
 def example_row(tokenizer, prompt: str, completion: str, seq_len: int) -> Optional[np.ndarray]:
@@ -95,6 +56,27 @@ def example_row(tokenizer, prompt: str, completion: str, seq_len: int) -> Option
   return row.astype(np.int32)
 
 
+def classification_row(tokenizer, text: str, label: int, seq_len: int, vocab_size: int) -> Optional[np.ndarray]:
+  """The stored row [seq_len] of one labelled text, or None when it does not fit: [eot] text [pad]... [label]
+  (the leading end-of-text and the padding masked; the head reads the last text token; the last position holds
+  the class index as row_format.label_code)."""
+  eot = tokenizer.eot_id
+  ids = tokenizer.encode(text)
+  used = 1 + len(ids) + 1
+  if used > seq_len:
+    return None
+  row = np.concatenate([masked([eot]), np.asarray(ids, np.int64), masked([eot] * (seq_len - used)),
+                        [label_code(label, vocab_size)]])
+  return row.astype(np.int32)
+
+
+def label_prior_loss(train_labels: Sequence[int], valid_labels: Sequence[int], num_labels: int) -> float:
+  """Cross-entropy (nats/example) of the validation labels under the add-one training label frequencies: the
+  baseline a classifier must beat (as the unigram model is a language model's)."""
+  counts = np.bincount(np.asarray(train_labels), minlength=num_labels) + 1.0
+  return float(-np.mean(np.log(counts / counts.sum())[np.asarray(valid_labels)]))
+
+
 @dataclasses.dataclass(frozen=True)
 class SFTStream:
   """The train and validation rows of the examples, laid end to end (`masked` marks unscored tokens)."""
@@ -106,7 +88,8 @@ class SFTStream:
 
 @dataclasses.dataclass(frozen=True)
 class SFTCorpus:
-  """What the trainer reads from a corpus (`data/corpus.Corpus`'s interface), for fine-tuning examples."""
+  """What the trainer reads from a corpus (`data/corpus.Corpus`'s interface), for fine-tuning examples.
+  `baseline` is the loss to beat when the unigram one does not apply (a classifier's label prior)."""
   tokenizer: object
   tokenizer_path: str
   streams: Tuple[SFTStream, ...]
@@ -114,6 +97,7 @@ class SFTCorpus:
   vocab_size: int
   fingerprint: str
   stats: Dict[str, float]
+  baseline: Optional[float] = None
 
   def mixture(self, *, seq_len: int, global_batch_size: int, seed: int):
     from gpt3_jax.data import mixture as mixture_lib
@@ -125,8 +109,8 @@ class SFTCorpus:
 
 @dataclasses.dataclass(frozen=True)
 class SFTData:
-  """Fine-tuning examples with the base model's tokenizer; `check()` reads them (cheap, before any write) and
-  `prepare(seq_len)` makes the rows."""
+  """Fine-tuning examples with the base model's tokenizer; `check()` reads them (cheap, before any write),
+  `labels()` are a classification's class names and `prepare(seq_len)` makes the rows."""
   cfg: FinetuneConfig
   tokenizer_path: str
   vocab_size: int  # the base model's
@@ -135,51 +119,92 @@ class SFTData:
   def seed(self) -> int:
     return self.cfg.seed
 
-  def _splits(self, skipped: collections.Counter):
-    cfg = self.cfg
-    if not cfg.train_path:
-      raise ValueError("FinetuneConfig.train_path is empty; set it to a JSONL file of prompt / completion lines")
-    train = read_examples(cfg.train_path, cfg, skipped)
-    if cfg.validation_path:
-      valid = read_examples(cfg.validation_path, cfg, skipped)
+  @functools.cached_property
+  def _read(self):
+    """(train examples, validation examples, where the validation ones come from, skipped counts)."""
+    cfg, skipped = self.cfg, collections.Counter()
+    if cfg.tfds_name:
+      train_source, valid_source = examples.tfds_splits(cfg)
+      train = examples.parse(examples.tfds_records(cfg, cfg.train_split, train_source), cfg, skipped)
+      valid = (examples.parse(examples.tfds_records(cfg, cfg.validation_split, valid_source), cfg, skipped)
+               if valid_source is not None else None)
+    elif not cfg.train_path:
+      raise ValueError("FinetuneConfig.train_path is empty; set it to a JSONL file of examples (or set "
+                       "FinetuneConfig.tfds_name)")
     else:
+      train = examples.read_examples(cfg.train_path, cfg, skipped)
+      valid = examples.read_examples(cfg.validation_path, cfg, skipped) if cfg.validation_path else None
+    if valid is None:
       cut = len(train) - max(1, int(round(len(train) * cfg.validation_fraction)))
       train, valid = train[:cut], train[cut:]
     if not train or not valid:
       raise ValueError(f"FinetuneConfig: {len(train)} training and {len(valid)} validation examples; both need at "
-                       f"least one (check FinetuneConfig.train_path / validation_path)")
-    return train, valid
+                       f"least one (check FinetuneConfig.train_path / validation_path / tfds_name)")
+    if cfg.task == "classify":
+      names = self.cfg.labels or tuple(sorted({label for _, label, _ in train}))
+      train, valid = (self._known_labels(split, names, skipped) for split in (train, valid))
+      if len(names) < 2:
+        raise ValueError(f"FinetuneConfig: the training examples have one label {names!r}; a classification "
+                         f"needs at least two")
+    return train, valid, skipped
+
+  def _known_labels(self, split, names, skipped):
+    kept = []
+    for text, label, where in split:
+      if label not in names:
+        examples.bad(self.cfg, skipped, "unknown_label", f"{where}: label {label!r} is not one of {list(names)} "
+                     f"(set FinetuneConfig.labels to name them all)")
+        continue
+      kept.append((text, label, where))
+    return kept
 
   def check(self) -> None:
-    self._splits(collections.Counter())
+    self._read  # pylint: disable=pointless-statement
+
+  def labels(self) -> Tuple[str, ...]:
+    """A classification's class names in index order (() for generation)."""
+    if self.cfg.task != "classify":
+      return ()
+    return self.cfg.labels or tuple(sorted({label for _, label, _ in self._read[0]}))
+
+  def _row(self, tokenizer, example, seq_len: int):
+    a, b, _ = example
+    if self.cfg.task == "classify":
+      return classification_row(tokenizer, a, self.labels().index(b), seq_len, self.vocab_size)
+    return example_row(tokenizer, a, b, seq_len)
 
   def prepare(self, seq_len: int) -> SFTCorpus:
     from gpt3_jax.data.tokenizer import load_tokenizer
     if not self.tokenizer_path:
       raise ValueError("fine-tuning needs the base model's tokenizer; TrainConfig.init_from's workdir has none")
     tokenizer = load_tokenizer(self.tokenizer_path)
-    skipped: collections.Counter = collections.Counter()
-    train, valid = self._splits(skipped)
-    paths = {"train": self.cfg.train_path, "validation": self.cfg.validation_path or self.cfg.train_path}
-    streams, stats, padding = [], {}, 0
-    for split, examples in (("train", train), ("validation", valid)):
+    train, valid, skipped = self._read
+    skipped = collections.Counter(skipped)
+    streams, stats, padding, labels = [], {}, 0, {}
+    for split, split_examples in (("train", train), ("validation", valid)):
       rows = []
-      for prompt, completion, number in examples:
-        row = example_row(tokenizer, prompt, completion, seq_len)
+      for example in split_examples:
+        row = self._row(tokenizer, example, seq_len)
         if row is None:
-          _bad(self.cfg, skipped, "too_long", f"{paths[split]}:{number}: the example needs more than the sequence's "
-               f"{seq_len} tokens (prompt, completion and two end-of-text); raise TrainConfig.seq_len (up to "
-               f"n_ctx) or shorten it")
+          examples.bad(self.cfg, skipped, "too_long", f"{example[2]}: the example needs more than the sequence's "
+                       f"{seq_len} tokens (with its two end-of-text or label positions); raise TrainConfig.seq_len "
+                       f"(up to n_ctx) or shorten it")
           continue
         rows.append(row)
-        padding += seq_len - 1 - int(np.flatnonzero(row >= 0)[-1])  # masked positions after the closing eot
+        padding += seq_len - 1 - int(np.flatnonzero(row >= 0)[-1])  # masked positions after the last scored one
+        labels.setdefault(split, []).append(example[1])
       if not rows:
         raise ValueError(f"FinetuneConfig: no {split} example fits {seq_len} tokens; raise TrainConfig.seq_len")
       streams.append(np.concatenate(rows + [masked([tokenizer.eot_id]).astype(np.int32)]))
       stats[f"{split}_examples"] = len(rows)
     stats.update({f"skipped/{k}": v for k, v in sorted(skipped.items())})
     stats["padding_fraction"] = padding / ((stats["train_examples"] + stats["validation_examples"]) * seq_len)
+    baseline = None
+    if self.cfg.task == "classify":
+      index = {name: i for i, name in enumerate(self.labels())}
+      baseline = label_prior_loss([index[x] for x in labels["train"]], [index[x] for x in labels["validation"]],
+                                  len(index))
     fingerprint = hashlib.sha256(b"".join(s.tobytes() for s in streams)).hexdigest()[:16]
     return SFTCorpus(tokenizer=tokenizer, tokenizer_path=self.tokenizer_path,
                      streams=(SFTStream("sft", streams[0], streams[1]),), weights=(1.0,),
-                     vocab_size=self.vocab_size, fingerprint=fingerprint, stats=stats)
+                     vocab_size=self.vocab_size, fingerprint=fingerprint, stats=stats, baseline=baseline)

@@ -9,7 +9,7 @@ dropped on export. The LM head is tied to wte (HF omits lm_head.weight when savi
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import numpy as np
@@ -43,16 +43,27 @@ def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
                      init_std=hf.get("initializer_range", 0.02))
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
-  """GPT-2 config.json dict of a dense ModelConfig (see `check_exportable`)."""
+def config_to_hf(cfg: ModelConfig, pad_token_id: Optional[int] = None) -> dict:
+  """GPT-2 config.json dict of a dense ModelConfig (see `check_exportable`). A classifier (cfg.class_labels)
+  is a GPT2ForSequenceClassification, which reads its head at each row's last token that is not `pad_token_id`
+  (our rows pad with end-of-text after the text)."""
   check_exportable(cfg)
+  if cfg.class_labels:
+    if pad_token_id is None:
+      raise ValueError("exporting a classifier needs its tokenizer's end-of-text id (the padding token); the "
+                       "workdir has no tokenizer")
+    labels = {"architectures": ["GPT2ForSequenceClassification"], "pad_token_id": int(pad_token_id),
+              "id2label": dict(enumerate(cfg.class_labels)),
+              "label2id": {name: i for i, name in enumerate(cfg.class_labels)}}
+  else:
+    labels = {}
   return {
       "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
       "vocab_size": cfg.vocab_size, "n_positions": cfg.n_ctx, "n_embd": cfg.d_model, "n_layer": cfg.n_layers,
       "n_head": cfg.n_heads, "n_inner": cfg.d_ff, "layer_norm_epsilon": cfg.layer_norm_epsilon,
       "initializer_range": cfg.init_std, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
       "reorder_and_upcast_attn": False, "tie_word_embeddings": True, "attn_pdrop": 0.0, "embd_pdrop": 0.0,
-      "resid_pdrop": 0.0, "bos_token_id": None, "eos_token_id": None, "dtype": "float32",
+      "resid_pdrop": 0.0, "bos_token_id": None, "eos_token_id": None, "dtype": "float32", **labels,
   }
 
 
@@ -114,8 +125,10 @@ def _stack(trees):
           for k in trees[0]}
 
 
-def params_to_hf(cfg: ModelConfig, params: Mapping[str, Any]) -> Tuple[dict, dict]:
-  """(GPT-2 state dict of NumPy float32 arrays named 'transformer.*', config.json dict); padding dropped."""
+def params_to_hf(cfg: ModelConfig, params: Mapping[str, Any], pad_token_id: Optional[int] = None
+                 ) -> Tuple[dict, dict]:
+  """(GPT-2 state dict of NumPy float32 arrays named 'transformer.*' (and a classifier's 'score.weight'),
+  config.json dict); padding dropped."""
   check_exportable(cfg)
   if "params" in params and "wte" not in params:
     params = params["params"]
@@ -135,4 +148,6 @@ def params_to_hf(cfg: ModelConfig, params: Mapping[str, Any]) -> Tuple[dict, dic
     sd[f"{p}.mlp.c_fc.weight"], sd[f"{p}.mlp.c_fc.bias"] = mlp["in_kernel"], mlp["in_bias"]
     sd[f"{p}.mlp.c_proj.weight"], sd[f"{p}.mlp.c_proj.bias"] = mlp["out_kernel"], mlp["out_bias"]
   sd = {_PREFIX + k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
-  return sd, config_to_hf(cfg)
+  if cfg.class_labels:  # torch Linear(n_embd, num_labels, bias=False): weight [num_labels, n_embd]
+    sd["score.weight"] = np.ascontiguousarray(np.asarray(params["score"]).T, np.float32)
+  return sd, config_to_hf(cfg, pad_token_id)

@@ -70,10 +70,15 @@ class ModelConfig:
   # 'mlp_in', 'mlp_out'. Training then updates only the adapters.
   lora_rank: int = 0
   lora_alpha: float = 16.0
+  lora_dropout: float = 0.0  # dropout on each adapter's input while training (a 'dropout' rng is passed)
   lora_targets: Tuple[str, ...] = ("qkv", "attn_out", "mlp_in", "mlp_out")
+  # A classification head (fine-tuning, gpt3_jax/finetune/classify_data.py): non-empty adds `score`
+  # [d_model, len(class_labels)] read at each row's last non-padding token; the LM head stays.
+  class_labels: Tuple[str, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # JSON gives a list; configs are hashed
+    object.__setattr__(self, "class_labels", tuple(str(x) for x in self.class_labels))
     checks = [
         (self.vocab_size > 0, f"vocab_size must be positive, got {self.vocab_size}"),
         (self.n_layers > 0 and self.d_model > 0 and self.n_heads > 0 and self.d_head > 0,
@@ -89,8 +94,11 @@ class ModelConfig:
         (self.attention_block >= 0, f"attention_block must be >= 0 (0: one block), got {self.attention_block}"),
         (self.scan_unroll >= 1, f"scan_unroll must be >= 1, got {self.scan_unroll}"),
         (self.lora_rank >= 0, f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}"),
+        (0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), e.g. 0.05, got {self.lora_dropout}"),
         (set(self.lora_targets) <= set(LORA_TARGETS),
          f"lora_targets={self.lora_targets!r}; choose from {LORA_TARGETS}"),
+        (len(set(self.class_labels)) == len(self.class_labels) and len(self.class_labels) != 1,
+         f"class_labels={self.class_labels!r} must be distinct, and at least two (or none)"),
         (self.attention_pattern != "alternating" or self.n_layers % 2 == 0,
          f"attention_pattern='alternating' needs an even n_layers (dense/local pairs), got {self.n_layers}"),
     ]
@@ -101,6 +109,10 @@ class ModelConfig:
   @property
   def padded_vocab_size(self) -> int:
     return pad_vocab(self.vocab_size)
+
+  @property
+  def num_labels(self) -> int:
+    return len(self.class_labels)
 
   @property
   def attn_width(self) -> int:
@@ -139,7 +151,7 @@ def param_counts(cfg: ModelConfig, *, padded: bool = False) -> dict:
     per_layer += sum(cfg.lora_rank * sum(sizes[t]) for t in cfg.lora_targets)
   vocab = cfg.padded_vocab_size if padded else cfg.vocab_size
   embedding = vocab * d + cfg.n_ctx * d
-  non_embedding = cfg.n_layers * per_layer + 2 * d  # + final LayerNorm
+  non_embedding = cfg.n_layers * per_layer + 2 * d + d * cfg.num_labels  # + final LayerNorm (+ the head)
   return {"params": non_embedding + embedding, "non_embedding_params": non_embedding,
           "embedding_params": embedding}
 
@@ -151,5 +163,6 @@ def flops_per_token(cfg: ModelConfig, seq_len: Optional[int] = None) -> float:
   The attention term uses the full causal T, as PaLM does, also for local layers (model FLOPs, not work done).
   """
   t = cfg.n_ctx if seq_len is None else seq_len
-  n = param_counts(cfg)["non_embedding_params"] + cfg.vocab_size * cfg.d_model
+  # A classifier (class_labels) reads its head at one token per row instead of the LM head at every token.
+  n = param_counts(cfg)["non_embedding_params"] + (0 if cfg.class_labels else cfg.vocab_size * cfg.d_model)
   return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.d_head * t

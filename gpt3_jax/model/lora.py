@@ -6,7 +6,9 @@ The adapters are ordinary parameters named `<kernel>_lora_a` / `_lora_b` beside 
 same rules table (A's input axes and B's output axes like the kernel's, the rank axis unsharded). Training a LoRA
 model freezes everything else (assembly: OptimizerConfig.frozen defaults to every non-adapter parameter), so the
 base gets no gradient work and no optimizer state. `merge(cfg, params)` folds the adapters into the kernels and
-returns the plain model (lora_rank 0), for export or faster inference. No dropout: the model has none.
+returns the plain model (lora_rank 0), for export or faster inference. `lora_dropout` drops each adapter's input
+while training (the train step passes a 'dropout' rng derived from the step, so resume stays exact); evaluation,
+sampling and the merge are deterministic.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def delta(module: nn.Module, cfg: ModelConfig, target: str, x: jax.Array, in_log
       nn.initializers.zeros, (None,) + tuple(out_logical)), (r,) + tuple(out_shape))
   dtype = jnp.dtype(cfg.dtype)
   n_in = len(in_shape)
+  if cfg.lora_dropout and module.has_rng("dropout"):  # training passes the rng; evaluation and inference do not
+    x = nn.Dropout(cfg.lora_dropout, deterministic=False)(x)
   low = jnp.tensordot(x, a.astype(dtype), axes=(tuple(range(2, 2 + n_in)), tuple(range(n_in))))
   return jnp.tensordot(low, b.astype(dtype), axes=((2,), (0,))) * (cfg.lora_alpha / r)
 

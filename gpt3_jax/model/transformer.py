@@ -1,4 +1,5 @@
-"""The GPT-3 decoder: embeddings, a scanned stack of pre-LN blocks, final LayerNorm, tied LM head.
+"""The GPT-3 decoder: embeddings, a scanned stack of pre-LN blocks, final LayerNorm, tied LM head (and, for a
+fine-tuned classifier, a `score` head at one token per row: `GPT.classify`).
 
 Every parameter carries logical axis names (embed, heads, kv, mlp, vocab, position, layers, qkv); activations
 carry act_* names. gpt3_jax/parallel/mesh.py maps both to mesh axes with one rules table.
@@ -135,13 +136,16 @@ class GPT(nn.Module):
       unit = nn.remat(unit, policy=policy, prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       self.layers = nn.scan(
-          unit, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
+          unit, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
           length=num_units(cfg), unroll=min(cfg.scan_unroll, num_units(cfg)),
           metadata_params={nn.PARTITION_NAME: "layers"})(
               cfg, self.decode, name="layers")
     else:
       self.layers = [unit(cfg, self.decode, name=f"layers_{i}") for i in range(num_units(cfg))]
     self.ln_f = _layer_norm(cfg, "ln_f")
+    if cfg.class_labels:
+      self.score = self.param("score", nn.with_logical_partitioning(init, ("embed", None)),
+                              (cfg.d_model, cfg.num_labels))
 
   def __call__(self, tokens: jax.Array, positions: Optional[jax.Array] = None, *,
                last_only: bool = False) -> jax.Array:
@@ -154,6 +158,13 @@ class GPT(nn.Module):
     if last_only:
       x = x[:, -1:]
     return self.logits(x)
+
+  def classify(self, tokens: jax.Array, last: jax.Array) -> jax.Array:
+    """Class logits [B, num_labels] (float32) of the head (cfg.class_labels) at each row's token `last` [B]:
+    the last non-padding token, as Hugging Face's GPT2ForSequenceClassification reads it."""
+    x = self.hidden(tokens)
+    pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    return jnp.einsum("bd,dl->bl", pooled, self.score.astype(pooled.dtype), preferred_element_type=jnp.float32)
 
   def hidden(self, tokens: jax.Array, positions: Optional[jax.Array] = None) -> jax.Array:
     """Final hidden states ln_f(h) [B, T, d_model] (the input of the tied LM head); positions as __call__."""

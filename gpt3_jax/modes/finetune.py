@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 
 
-def model_config(base_cfg, bundle):
+def model_config(base_cfg, bundle, class_labels=()):
   """The base model's config; gin may change what does not change the base's parameters (dtype, remat, attention
   implementation, ...) and add LoRA (ModelConfig.lora_*): another architecture field bound to another value is a
-  one-line error naming it."""
+  one-line error naming it. A classification (`class_labels`, FinetuneConfig.task = 'classify') adds the head;
+  a base that is a classifier already must have the same labels."""
   from gpt3_jax.training.config import ARCHITECTURE_FIELDS
   overrides = {}
   for name in bundle.model_bound:
@@ -19,7 +20,12 @@ def model_config(base_cfg, bundle):
       raise ValueError(f"ModelConfig.{name}={value!r} but the base model {bundle.train.init_from!r} has {base!r}; "
                        f"drop the binding (a fine-tune takes the base's architecture)")
     overrides[name] = value
-  return dataclasses.replace(base_cfg, **overrides)
+  overrides.pop("class_labels", None)  # from the data (FinetuneConfig), not from ModelConfig
+  if base_cfg.class_labels and tuple(class_labels) != base_cfg.class_labels:
+    raise ValueError(f"the base model {bundle.train.init_from!r} classifies {list(base_cfg.class_labels)} but the "
+                     f"fine-tuning labels are {list(class_labels) or 'none (generation)'}; set FinetuneConfig.labels "
+                     f"to the base's or start from a plain model")
+  return dataclasses.replace(base_cfg, **overrides, class_labels=tuple(class_labels))
 
 
 def run(bundle, workdir: str) -> None:
@@ -32,6 +38,6 @@ def run(bundle, workdir: str) -> None:
                      "Face import>'")
   base = workdir_lib.load_model(bundle.train.init_from)
   data = SFTData(bundle.finetune, tokenizer_path=base.tokenizer_path or "", vocab_size=base.cfg.vocab_size)
-  result = trainer.train(model_config(base.cfg, bundle), data, bundle.optimizer, bundle.mesh, bundle.train, workdir,
+  result = trainer.train(model_config(base.cfg, bundle, data.labels()), data, bundle.optimizer, bundle.mesh, bundle.train, workdir,
                          operative_config=bundle.operative_config)
   run_summary.print_summary(result, bundle.train)

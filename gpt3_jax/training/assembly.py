@@ -66,8 +66,12 @@ class Assembly:
   def state_from_params(self, params: Any) -> state_lib.TrainState:
     """These parameters (host arrays, e.g. from `workdir.load_model`), a fresh optimizer state and step 0."""
     expected = self.abstract_state.params
-    if self.model.lora_rank:  # a LoRA run from a plain model: its adapters start fresh (B = 0: the model is the base)
-      params = lora.add_missing_adapters(params, state_lib.host_params(self.model, seed=0))
+    if self.model.lora_rank or self.model.class_labels:
+      fresh = state_lib.host_params(self.model, seed=0)
+      # A LoRA run from a plain model: its adapters start fresh (B = 0: the model is the base).
+      params = lora.add_missing_adapters(params, fresh) if self.model.lora_rank else params
+      if self.model.class_labels and "score" not in params:  # a classifier from a language model: a fresh head
+        params = {**params, "score": fresh["score"]}
     check_param_shapes(params, expected)
 
     placed = jax.tree.map(lambda value, spec: mesh_lib.place(value, spec.sharding, spec.dtype), params, expected)

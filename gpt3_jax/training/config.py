@@ -7,7 +7,8 @@ from typing import Optional, Tuple
 
 # ModelConfig fields that define the parameters: a checkpoint written with other values cannot be restored.
 ARCHITECTURE_FIELDS = ("vocab_size", "n_ctx", "d_model", "n_layers", "n_heads", "d_head", "d_ff",
-                       "attention_pattern", "local_window", "scan_layers", "lora_rank", "lora_targets")
+                       "attention_pattern", "local_window", "scan_layers", "lora_rank", "lora_targets",
+                       "class_labels")
 # TrainConfig fields that fix the data position and the tokens seen at a step (with DataConfig.seed, saved as
 # `data_seed`). The initialization seed is not among them: it matters only at step 0.
 STREAM_FIELDS = ("global_batch_size", "batch_ramp_tokens", "batch_ramp_start_tokens")
@@ -61,6 +62,11 @@ class TrainConfig:
   # batch_ramp_tokens tokens, in power-of-two stages. 0 turns it off.
   batch_ramp_tokens: float = 0.0
   batch_ramp_start_tokens: float = 32768
+  # Keep the best parameters by a logged metric in <workdir>/best (training/best_checkpoint.py): 'loss',
+  # 'accuracy' or 'macro_f1' (classifiers), 'fewshot/<task>/<K>shot/<metric>'; '' keeps none. The mode is 'min'
+  # for a loss and 'max' otherwise unless keep_best_mode says.
+  keep_best_metric: str = ""
+  keep_best_mode: str = ""
 
   def __post_init__(self):
     from gpt3_jax.config_types import check_finite

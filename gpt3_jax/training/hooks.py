@@ -42,8 +42,13 @@ class Evaluate:
         run.asm, run.state.params, run.corpus.streams, run.corpus.weights, batch_size=run.cfg.global_batch_size,
         max_batches=run.cfg.eval_batches)
     loss = run.eval_metrics["loss"]
-    run.logger.write(step, {**run.eval_metrics, "perplexity": math.exp(min(loss, 50))}, prefix="eval")
-    if run.primary:
+    classifier = "accuracy" in run.eval_metrics  # its loss is per example: no perplexity
+    run.logger.write(step, run.eval_metrics if classifier else {**run.eval_metrics,
+                                                                 "perplexity": math.exp(min(loss, 50))}, prefix="eval")
+    if run.primary and classifier:
+      logging.info("eval at step %d: loss %.4f accuracy %.4f macro-F1 %.4f", step, loss,
+                   run.eval_metrics["accuracy"], run.eval_metrics["macro_f1"])
+    elif run.primary:
       logging.info("eval at step %d: loss %.4f perplexity %.2f", step, loss, math.exp(min(loss, 50)))
     run.window.exclude(time.perf_counter() - start)
 
@@ -87,5 +92,8 @@ class TaskEval:
     run.window.exclude(time.perf_counter() - start)
 
 
-def default_hooks(tasks=()):
-  return [Evaluate(), Checkpoint()] + ([TaskEval(tasks)] if tasks else [])
+def default_hooks(cfg, tasks=()):
+  """Evaluation, checkpointing, the few-shot tasks and keeping the best parameters, as `cfg` configures."""
+  from gpt3_jax.training.best_checkpoint import KeepBest
+  return ([Evaluate(), Checkpoint()] + ([TaskEval(tasks)] if tasks else [])
+          + ([KeepBest(cfg.keep_best_metric, cfg.keep_best_mode)] if cfg.keep_best_metric else []))

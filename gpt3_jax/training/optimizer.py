@@ -36,6 +36,10 @@ class OptimizerConfig:
   # one stacked parameter each), e.g. ('wte', 'wpe') or ('layers/.*/ln_.*',). They get no gradient work, no
   # optimizer state and no update (weight decay included).
   frozen: Tuple[str, ...] = ()
+  # The first `frozen_layers` Transformer layers (their attention, MLP and LayerNorms) are kept as they are too.
+  # With scanned layers each stacked parameter keeps its first rows: their gradient is cut and their update
+  # (weight decay included) is zero; Adam still holds (zero) moments for the whole stacked parameter.
+  frozen_layers: int = 0
 
   def __post_init__(self):
     from gpt3_jax.config_types import check_finite
@@ -50,6 +54,8 @@ class OptimizerConfig:
     check("eps", low=0.0, low_open=True)
     check("weight_decay", low=0.0)
     check("grad_clip_norm", low=0.0)
+    if not isinstance(self.frozen_layers, int) or self.frozen_layers < 0:
+      raise ValueError(f"OptimizerConfig.frozen_layers={self.frozen_layers!r} must be an int >= 0, e.g. 2")
     for pattern in self.frozen:
       try:
         re.compile(pattern)
@@ -63,20 +69,55 @@ def param_name(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
+_UNIT = re.compile(r"layers(?:_(?P<unit>\d+))?/(?P<kind>block|dense|local)/.*")
+
+
+def _layers_before(name: str, n: int) -> Tuple[bool, int]:
+  """For the first `n` layers: (is the whole parameter theirs, how many leading rows of a stacked one are).
+  A unit is one layer ('block') or a (dense, local) pair: layer 2u is unit u's dense block, 2u + 1 its local."""
+  m = _UNIT.fullmatch(name)
+  if m is None or n == 0:
+    return False, 0
+  rows = {"block": n, "dense": (n + 1) // 2, "local": n // 2}[m["kind"]]
+  if m["unit"] is None:  # scanned: one stacked parameter of every unit
+    return False, rows
+  return int(m["unit"]) < rows, 0
+
+
 def frozen_mask(cfg: OptimizerConfig, params):
-  """True for the parameters `cfg.frozen` names. A pattern that names none is a one-line error."""
+  """True for the parameters `cfg.frozen` names (and, unscanned, the first `frozen_layers` layers' parameters).
+  A pattern that names none is a one-line error."""
   names = [param_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   for pattern in cfg.frozen:
     if not any(re.fullmatch(pattern, n) for n in names):
       raise ValueError(f"OptimizerConfig.frozen: {pattern!r} matches no parameter; names are e.g. "
                        f"{', '.join(names[:4])}")
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: any(re.fullmatch(p, param_name(path)) for p in cfg.frozen), params)
+      lambda path, _: (any(re.fullmatch(p, param_name(path)) for p in cfg.frozen)
+                       or _layers_before(param_name(path), cfg.frozen_layers)[0]), params)
+
+
+def frozen_rows(cfg: OptimizerConfig, tree):
+  """Per leaf, how many leading rows (stacked layers) `frozen_layers` keeps (0: none)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: _layers_before(param_name(path), cfg.frozen_layers)[1],
+                                          tree)
+
+
+def _zero_frozen_rows(cfg: OptimizerConfig) -> optax.GradientTransformation:
+  """The last stage when layers are frozen inside stacked parameters: their rows' updates are exactly zero."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, r: u.at[:r].set(0) if r else u, updates, frozen_rows(cfg, updates)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def stop_frozen_gradients(cfg: OptimizerConfig, params):
-  """The parameters with `cfg.frozen`'s behind stop_gradient: their gradient is zero and never computed."""
-  if not cfg.frozen:
+  """The parameters with `cfg.frozen`'s behind stop_gradient: their gradient is zero and never computed
+  (stacked parameters' frozen rows: their gradient is zero)."""
+  if cfg.frozen_layers:
+    params = jax.tree.map(lambda x, r: jnp.concatenate([jax.lax.stop_gradient(x[:r]), x[r:]]) if r else x,
+                          params, frozen_rows(cfg, params))
+  if not cfg.frozen and not cfg.frozen_layers:
     return params
   return jax.tree.map(lambda x, frozen: jax.lax.stop_gradient(x) if frozen else x, params, frozen_mask(cfg, params))
 
@@ -114,11 +155,15 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
 
 
 def for_model(cfg: OptimizerConfig, model_cfg) -> OptimizerConfig:
-  """The optimizer config a model trains with: a LoRA model (lora_rank > 0) freezes every non-adapter parameter
-  unless `frozen` says otherwise."""
+  """The optimizer config a model trains with: a LoRA model (lora_rank > 0) freezes every parameter but the
+  adapters (and a classifier's head) unless `frozen` says otherwise."""
+  if cfg.frozen_layers > getattr(model_cfg, "n_layers", cfg.frozen_layers):
+    raise ValueError(f"OptimizerConfig.frozen_layers={cfg.frozen_layers} but the model has {model_cfg.n_layers} "
+                     f"layers; use at most {model_cfg.n_layers}")
   if getattr(model_cfg, "lora_rank", 0) and not cfg.frozen:
     from gpt3_jax.model import lora
-    return dataclasses.replace(cfg, frozen=(f"(?!{lora.ADAPTER_PATTERN}$).*",))
+    head = "|score" if getattr(model_cfg, "class_labels", ()) else ""
+    return dataclasses.replace(cfg, frozen=(f"(?!(?:{lora.ADAPTER_PATTERN}{head})$).*",))
   return cfg
 
 
@@ -132,7 +177,9 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformationExtraArg
       optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
       optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
   )
-  if not cfg.frozen:
+  if cfg.frozen_layers:
+    adamw = optax.chain(adamw, _zero_frozen_rows(cfg))
+  if not cfg.frozen and not cfg.frozen_layers:
     return adamw
   labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(cfg, params))
   return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)

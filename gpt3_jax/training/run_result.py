@@ -25,6 +25,7 @@ class RunResult:
   skipped_steps: int = 0
   spike_recoveries: int = 0
   consecutive_nonfinite: int = 0
+  best: Optional[Dict[str, Any]] = None  # TrainConfig.keep_best_metric's kept parameters: metric, value, step
 
   @property
   def eval_perplexity(self) -> Optional[float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,11 @@ from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.model.transformer import GPT
 from gpt3_jax.parallel import mesh as mesh_lib
 from gpt3_jax.training import optimizer as optimizer_lib
+from gpt3_jax.training import row_format
 from gpt3_jax.training.train_state import TrainState
+
+
+DROPOUT_SEED = 0  # LoRA dropout's masks: fold_in(key(DROPOUT_SEED), step [, microbatch])
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> Tuple[jax.Array, jax.Array]:
@@ -24,13 +28,28 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> 
   return jnp.sum((logz - true_logit) * weights), jnp.sum(weights)
 
 
-def loss_fn(params, cfg: ModelConfig, batch: jax.Array) -> Tuple[jax.Array, jax.Array]:
+def loss_fn(params, cfg: ModelConfig, batch: jax.Array, rng: Optional[jax.Array] = None
+            ) -> Tuple[jax.Array, jax.Array]:
   """batch: int32 [B, T + 1] windows; inputs are batch[:, :-1], targets batch[:, 1:]. A token stored as
-  -(id + 1) is `id` whose prediction is not scored (fine-tuning's prompts and padding, finetune/sft_data.py);
-  pretraining batches have none, and every target counts."""
+  -(id + 1) is `id` whose prediction is not scored (fine-tuning's prompts and padding, training/row_format.py);
+  pretraining batches have none, and every target counts. A classifier (cfg.class_labels) sums the
+  cross-entropy of its head over the rows instead: (total, number of rows). `rng` turns on LoRA dropout."""
+  if cfg.class_labels:
+    logits, labels = classifier_outputs(params, cfg, batch, rng)
+    return cross_entropy(logits, labels, jnp.ones(labels.shape, jnp.float32))
   tokens = jnp.where(batch < 0, -batch - 1, batch)
-  logits = GPT(cfg).apply({"params": params}, tokens[:, :-1])
+  logits = GPT(cfg).apply({"params": params}, tokens[:, :-1], rngs=_rngs(cfg, rng))
   return cross_entropy(logits, tokens[:, 1:], (batch[:, 1:] >= 0).astype(jnp.float32))
+
+
+def _rngs(cfg: ModelConfig, rng):
+  return {"dropout": rng} if rng is not None and cfg.lora_rank and cfg.lora_dropout else {}
+
+
+def classifier_outputs(params, cfg: ModelConfig, batch: jax.Array, rng=None) -> Tuple[jax.Array, jax.Array]:
+  """(class logits [B, num_labels], class indices [B]) of classification rows (row_format.py)."""
+  tokens, last, labels = row_format.classification_rows(batch, cfg.vocab_size)
+  return GPT(cfg).apply({"params": params}, tokens, last, method=GPT.classify, rngs=_rngs(cfg, rng)), labels
 
 
 def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformationExtraArgs, num_microbatches: int = 1,
@@ -46,30 +65,33 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformationExtraArgs,
   gradient norm and its clipping are over the trained ones.
   """
 
-  def grads_of(params, batch):
+  def grads_of(params, batch, rng):
     def mean_loss(p):
-      total, count = loss_fn(stop_gradients(p), cfg, batch)
+      total, count = loss_fn(stop_gradients(p), cfg, batch, rng)
       return total / count
     return jax.value_and_grad(mean_loss)(params)
 
-  def summed_grads_of(params, batch):
+  def summed_grads_of(params, batch, rng):
     """(total NLL, token count, gradient of the total): microbatches add these, then divide once, so a
     fine-tuning batch whose microbatches score different token counts is still the batch's token mean."""
-    (total, count), grads = jax.value_and_grad(lambda p: loss_fn(stop_gradients(p), cfg, batch), has_aux=True)(params)
+    (total, count), grads = jax.value_and_grad(lambda p: loss_fn(stop_gradients(p), cfg, batch, rng),
+                                               has_aux=True)(params)
     return total, count, grads
 
   def step(state: TrainState, batch: jax.Array, learning_rate: jax.Array):
+    rng = jax.random.fold_in(jax.random.key(DROPOUT_SEED), state.step)  # a function of the step: resume is exact
     if num_microbatches == 1:
-      loss, grads = grads_of(state.params, batch)
+      loss, grads = grads_of(state.params, batch, rng)
     else:
       # Microbatch i takes rows i, i + m, i + 2m, ...: every device keeps feeding its own rows.
       micro = batch.reshape(batch.shape[0] // num_microbatches, num_microbatches, -1).swapaxes(0, 1)
 
-      def body(acc, mb):
-        return jax.tree.map(jnp.add, acc, summed_grads_of(state.params, mb)), None
+      def body(acc, mb_index):
+        mb, index = mb_index
+        return jax.tree.map(jnp.add, acc, summed_grads_of(state.params, mb, jax.random.fold_in(rng, index))), None
 
       zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-      (total, count, grads), _ = jax.lax.scan(body, zeros, micro)
+      (total, count, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num_microbatches)))
       loss, grads = total / count, jax.tree.map(lambda g: g / count, grads)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -94,7 +116,14 @@ def jit_train_step(step_fn, shardings: TrainState, mesh: Mesh):
 
 
 def make_eval_step(cfg: ModelConfig, shardings: TrainState, mesh: Mesh):
-  """eval(params, batch) -> (sum of token NLL, token count)."""
-  return jax.jit(lambda params, batch: loss_fn(params, cfg, batch),
-                 in_shardings=(shardings.params, mesh_lib.batch_sharding(mesh)),
+  """eval(params, batch) -> (sum of token NLL, token count); for a classifier (sum of row NLL, row count,
+  predicted class [B], true class [B])."""
+  def evaluate(params, batch):
+    if not cfg.class_labels:
+      return loss_fn(params, cfg, batch)
+    logits, labels = classifier_outputs(params, cfg, batch)
+    total, count = cross_entropy(logits, labels, jnp.ones(labels.shape, jnp.float32))
+    return total, count, jnp.argmax(logits, axis=-1), labels
+
+  return jax.jit(evaluate, in_shardings=(shardings.params, mesh_lib.batch_sharding(mesh)),
                  out_shardings=mesh_lib.replicated(mesh))

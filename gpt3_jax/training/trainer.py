@@ -60,6 +60,7 @@ class Run:
   eval_metrics: Optional[Dict[str, float]] = None
   tasks: Sequence = ()  # few-shot tasks (TrainConfig.task_eval_tasks), read before any write
   task_results: Optional[Dict[str, Any]] = None
+  best: Optional[Dict[str, Any]] = None  # the kept best parameters' metric, value and step (best_checkpoint.py)
   compiled: Dict[int, Any] = dataclasses.field(default_factory=dict)
   compile_seconds: float = 0.0
 
@@ -179,7 +180,9 @@ def _loop(run: Run, hooks: Sequence, watcher: PreemptionWatcher) -> bool:
 
 def unigram_baseline(corpus) -> float:
   """The add-one unigram cross-entropy of each source's validation split (counts from its train split),
-  weighted like the evaluation's mean."""
+  weighted like the evaluation's mean; a corpus with its own `baseline` (a classifier's label prior) gives that."""
+  if getattr(corpus, "baseline", None) is not None:
+    return corpus.baseline
   def scored(tokens, stream):  # fine-tuning streams: only the scored (completion) tokens
     return tokens[tokens >= 0] if getattr(stream, "masked", False) else tokens
 
@@ -194,7 +197,7 @@ def _result(run: Run, preempted: bool) -> RunResult:
                    unigram_loss=unigram_baseline(run.corpus),
                    compile_seconds=run.compile_seconds, model_config=run.asm.model, state=run.state,
                    tokenizer=run.corpus.tokenizer, preempted=preempted, initialized_from=run.initialized_from,
-                   task_results=run.task_results or {},
+                   task_results=run.task_results or {}, best=run.best,
                    **{k: getattr(run.loop, k) for k in LoopState.COUNTERS})
 
 
@@ -206,6 +209,7 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
   workdir = os.path.abspath(workdir)  # orbax needs absolute paths
   mesh = validate(model_cfg, data_cfg, mesh_cfg, train_cfg, workdir)
   run = _build(model_cfg, data_cfg, opt_cfg, mesh, train_cfg, workdir)
+  hooks = hooks_lib.default_hooks(train_cfg, run.tasks) if hooks is None else hooks
   try:
     with run.asm.activate(), PreemptionWatcher() as watcher:
       initial_state(run)
@@ -217,7 +221,7 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
         logging.info("model: %s", run.asm.model)
         logging.info("%.3g FLOPs/token; peak %.3g FLOP/s; batch stages %s", run.flops_token, run.peak_total,
                      run.ramp.stages)
-      preempted = _loop(run, hooks_lib.default_hooks(run.tasks) if hooks is None else hooks, watcher)
+      preempted = _loop(run, hooks, watcher)
       if run.eval_metrics is None and not preempted:  # resumed at the end: evaluate the restored state
         hooks_lib.Evaluate()(run, int(run.state.step))
       run.checkpointer.wait()
@@ -231,5 +235,8 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
   finally:
     if run.logger is not None:
       run.logger.close()
+    for hook in hooks:  # hooks that hold resources (the best-parameters checkpointer)
+      if hasattr(hook, "close"):
+        hook.close()
   run.checkpointer.close()
   return _result(run, preempted)

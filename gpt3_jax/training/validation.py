@@ -13,6 +13,7 @@ from gpt3_jax.data import corpus as corpus_lib
 from gpt3_jax.model import attention
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.parallel import mesh as mesh_lib
+from gpt3_jax.training import best_checkpoint
 from gpt3_jax.training.config import ARCHITECTURE_FIELDS, STREAM_FIELDS, TrainConfig
 
 
@@ -50,6 +51,7 @@ def _check_train_config(model_cfg: ModelConfig, train_cfg: TrainConfig, workdir:
   if train_cfg.spike_factor > 0 and train_cfg.keep_checkpoints < 2:
     raise ValueError("spike recovery needs TrainConfig.keep_checkpoints >= 2 (the checkpoint written just before a "
                      "spike is read may already belong to it)")
+  best_checkpoint.check(train_cfg, model_cfg)
   source = train_cfg.init_from
   if source and not (workdir_lib.has_checkpoints(source) or workdir_lib.is_import(source)):
     raise ValueError(f"TrainConfig.init_from={source!r} holds neither training checkpoints nor a Hugging Face "
