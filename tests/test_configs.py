@@ -70,6 +70,9 @@ def test_flops_per_token_palm_formula():
   cfg = model_of("small")
   n = param_counts(cfg)["non_embedding_params"] + cfg.vocab_size * cfg.d_model
   assert flops_per_token(cfg) == 6 * n + 12 * 12 * 12 * 64 * 2048
+  # LoRA rank 8 on the 4 projections of 12 layers: A [in, 8] + B [8, out] each; the frozen base costs 4N.
+  adapters = 12 * 8 * ((768 + 3 * 768) + (768 + 768) + (768 + 3072) + (3072 + 768))
+  assert flops_per_token(cfg.replace(lora_rank=8)) == 4 * n + 6 * adapters + 12 * 12 * 12 * 64 * 2048
 
 
 def test_pad_vocab():

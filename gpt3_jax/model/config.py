@@ -161,8 +161,15 @@ def flops_per_token(cfg: ModelConfig, seq_len: Optional[int] = None) -> float:
 
   N counts non-embedding parameters plus the (tied) output projection, which is a real matmul per token.
   The attention term uses the full causal T, as PaLM does, also for local layers (model FLOPs, not work done).
+  A LoRA model trains only its adapters: the frozen base costs 4 FLOPs per parameter and token (forward and the
+  input gradient; no weight gradient), the adapters 6.
   """
   t = cfg.n_ctx if seq_len is None else seq_len
   # A classifier (class_labels) reads its head at one token per row instead of the LM head at every token.
   n = param_counts(cfg)["non_embedding_params"] + (0 if cfg.class_labels else cfg.vocab_size * cfg.d_model)
-  return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.d_head * t
+  attention = 12.0 * cfg.n_layers * cfg.n_heads * cfg.d_head * t
+  if cfg.lora_rank:
+    adapters = (param_counts(cfg)["non_embedding_params"]
+                - param_counts(cfg.replace(lora_rank=0))["non_embedding_params"])
+    return 4.0 * (n - adapters) + 6.0 * adapters + attention
+  return 6.0 * n + attention

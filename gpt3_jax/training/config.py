@@ -23,7 +23,10 @@ class TrainConfig:
 
   Initial state: a run resumes the newest checkpoint of its own workdir when there is one. Otherwise it starts
   from scratch, or, with `init_from` set to another workdir (a training run or a `python -m gpt3_jax.convert
-  --from_hf` import), from that workdir's newest parameters with a fresh optimizer at step 0.
+  --from_hf` import), from that workdir's newest parameters with a fresh optimizer at step 0. With `branch_from`
+  set to another training run's workdir it continues that run's checkpoint at `branch_step` (0: its newest) in
+  this workdir: parameters, optimizer state, data position and step, as a resume would, under this run's
+  optimizer config (a WSD cool-down branched from a stable checkpoint, OptimizerConfig).
   """
 
   global_batch_size: int = 8
@@ -32,6 +35,8 @@ class TrainConfig:
   num_microbatches: int = 1
   seed: int = 0
   init_from: str = ""
+  branch_from: str = ""
+  branch_step: int = 0
   log_every: int = 10
   eval_every: int = 100
   eval_batches: int = 8

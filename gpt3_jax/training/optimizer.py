@@ -1,5 +1,6 @@
 """The paper's optimizer (Appendix B): Adam(0.9, 0.95, 1e-8), decoupled weight decay 0.1 on matrices only,
 global-norm clipping at 1.0, and a token-based LR schedule: linear warmup, cosine decay to 10% of peak, then flat.
+For sweeps, a warmup-stable-decay schedule (`schedule = 'wsd'`) beside it.
 """
 
 from __future__ import annotations
@@ -15,17 +16,31 @@ import numpy as np
 import optax
 
 
+SCHEDULES = ("cosine", "wsd")
+COOLDOWN_SHAPES = ("linear", "1-sqrt")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """Optimizer hyper-parameters. Schedule lengths are in tokens, as in the paper.
 
   Paper values: warmup 375M tokens, cosine decay over 260B tokens to 10% of the peak, 300B tokens in total.
+
+  schedule 'wsd' (warmup-stable-decay; Hu et al. 2024, Hägele et al. 2024): the same warmup, the peak until
+  `cooldown_start_tokens`, then over `cooldown_tokens` down to final_lr_fraction x peak ('linear', or '1-sqrt':
+  peak - (peak - floor) * sqrt(progress)), then flat; `decay_tokens` is unused. The stable phase is the same for
+  every cool-down start, so a cool-down branched from a stable checkpoint (`TrainConfig.branch_from`) equals a
+  straight run with that schedule: one long stable run gives the losses at several token budgets.
   """
 
+  schedule: str = "cosine"
   peak_learning_rate: float = 6e-4
   warmup_tokens: float = 375e6
   decay_tokens: float = 260e9
   final_lr_fraction: float = 0.1
+  cooldown_start_tokens: float = 0.0
+  cooldown_tokens: float = 0.0
+  cooldown_shape: str = "linear"
   b1: float = 0.9
   b2: float = 0.95
   eps: float = 1e-8
@@ -54,6 +69,17 @@ class OptimizerConfig:
     check("eps", low=0.0, low_open=True)
     check("weight_decay", low=0.0)
     check("grad_clip_norm", low=0.0)
+    check("cooldown_start_tokens", low=0.0)
+    check("cooldown_tokens", low=0.0)
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"OptimizerConfig.schedule={self.schedule!r} must be one of {SCHEDULES}, e.g. "
+                       f"OptimizerConfig.schedule = 'wsd'")
+    if self.cooldown_shape not in COOLDOWN_SHAPES:
+      raise ValueError(f"OptimizerConfig.cooldown_shape={self.cooldown_shape!r} must be one of {COOLDOWN_SHAPES}")
+    if self.schedule == "wsd" and (self.cooldown_tokens <= 0 or self.cooldown_start_tokens < self.warmup_tokens):
+      raise ValueError(f"OptimizerConfig.schedule='wsd' needs cooldown_tokens > 0 and cooldown_start_tokens >= "
+                       f"warmup_tokens ({self.warmup_tokens:g}); got {self.cooldown_tokens:g} and "
+                       f"{self.cooldown_start_tokens:g}")
     if not isinstance(self.frozen_layers, int) or self.frozen_layers < 0:
       raise ValueError(f"OptimizerConfig.frozen_layers={self.frozen_layers!r} must be an int >= 0, e.g. 2")
     for pattern in self.frozen:
@@ -128,6 +154,10 @@ def learning_rate_at_tokens(cfg: OptimizerConfig, tokens) -> np.ndarray:
   tokens = np.asarray(tokens, np.float64)
   peak, floor = cfg.peak_learning_rate, cfg.peak_learning_rate * cfg.final_lr_fraction
   warm = peak * tokens / max(cfg.warmup_tokens, 1.0)
+  if cfg.schedule == "wsd":
+    progress = np.clip((tokens - cfg.cooldown_start_tokens) / cfg.cooldown_tokens, 0.0, 1.0)
+    fall = np.sqrt(progress) if cfg.cooldown_shape == "1-sqrt" else progress
+    return np.where(tokens < cfg.warmup_tokens, warm, peak - (peak - floor) * fall)
   progress = np.clip((tokens - cfg.warmup_tokens) / max(cfg.decay_tokens - cfg.warmup_tokens, 1.0), 0.0, 1.0)
   cosine = floor + (peak - floor) * 0.5 * (1.0 + np.cos(math.pi * progress))
   return np.where(tokens < cfg.warmup_tokens, warm, cosine)

@@ -20,7 +20,7 @@ class RunResult:
   state: Any  # TrainState, on the devices
   tokenizer: Any  # TextTokenizer, or None for token-file data without one
   preempted: bool
-  initialized_from: str  # 'scratch', 'resumed' or the init_from workdir
+  initialized_from: str  # 'scratch', 'resumed', the init_from workdir or '<branch_from>@<step>'
   task_results: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the last few-shot tasks: {task: {K: }}
   skipped_steps: int = 0
   spike_recoveries: int = 0

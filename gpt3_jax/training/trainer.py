@@ -132,15 +132,19 @@ def _build(model_cfg: ModelConfig, data_cfg, opt_cfg, mesh, train_cfg: TrainConf
 
 
 def initial_state(run: Run) -> None:
-  """Resumes the workdir's newest good checkpoint (data position and loop state included); else starts from
-  `TrainConfig.init_from`'s parameters with a fresh optimizer at step 0; else from scratch."""
+  """Resumes the workdir's newest good checkpoint (data position and loop state included); else continues
+  `TrainConfig.branch_from`'s checkpoint the same way; else starts from `TrainConfig.init_from`'s parameters with a
+  fresh optimizer at step 0; else from scratch."""
   restored = run.checkpointer.restore_newest_good(run.asm.abstract_state, check_meta=run.check_meta)
-  saved_loop = {}
+  saved_loop, branched = {}, restored is None and bool(run.cfg.branch_from)
+  if branched:
+    restored = _branch(run)
   if restored is not None:
     _, run.state, data_state, saved_meta = restored
     run.feed.data_iter.set_state(data_state)
-    saved_loop, run.initialized_from = saved_meta.get("loop", {}), "resumed"
-    logging.info("resumed from step %d", int(run.state.step))
+    saved_loop = saved_meta.get("loop", {})
+    run.initialized_from = f"{run.cfg.branch_from}@{int(run.state.step)}" if branched else "resumed"
+    logging.info("%s from step %d", "branched" if branched else "resumed", int(run.state.step))
   elif run.cfg.init_from:
     source = workdir_lib.load_model(run.cfg.init_from)
     run.state, run.initialized_from = run.asm.state_from_params(source.params), run.cfg.init_from
@@ -148,6 +152,17 @@ def initial_state(run: Run) -> None:
   else:
     run.state = run.asm.fresh_state(run.cfg.seed)
   run.loop = LoopState.from_saved(saved_loop, run.cfg.spike_window)
+
+
+def _branch(run: Run):
+  """(step, state, data state, meta) of TrainConfig.branch_from's checkpoint at branch_step (0: its newest)."""
+  source = Checkpointer(workdir_lib.checkpoints_dir(run.cfg.branch_from), CheckpointConfig(async_save=False))
+  try:
+    step = run.cfg.branch_step or source.all_steps()[-1]
+    run.check_meta(source.restore_meta(step))
+    return (step, *source.restore(run.asm.abstract_state, step))
+  finally:
+    source.close()
 
 
 def _loop(run: Run, hooks: Sequence, watcher: PreemptionWatcher) -> bool:

@@ -56,6 +56,20 @@ def _check_train_config(model_cfg: ModelConfig, train_cfg: TrainConfig, workdir:
   if source and not (workdir_lib.has_checkpoints(source) or workdir_lib.is_import(source)):
     raise ValueError(f"TrainConfig.init_from={source!r} holds neither training checkpoints nor a Hugging Face "
                      f"import; pass the workdir of a training run or of `python -m gpt3_jax.convert --from_hf`")
+  branch = train_cfg.branch_from
+  if branch and source:
+    raise ValueError("TrainConfig.branch_from and init_from are both set; branch_from continues a run's full "
+                     "state, init_from starts from its parameters: keep one")
+  if branch and not workdir_lib.has_checkpoints(branch):
+    raise ValueError(f"TrainConfig.branch_from={branch!r} holds no training checkpoints; pass the workdir of a "
+                     f"training run")
+  if branch and os.path.abspath(branch) == os.path.abspath(workdir):
+    raise ValueError("TrainConfig.branch_from is this run's own --workdir; branch into a new --workdir")
+  if branch and train_cfg.branch_step:
+    steps = sorted(int(n) for n in os.listdir(workdir_lib.checkpoints_dir(branch)) if n.isdigit())
+    if train_cfg.branch_step not in steps:
+      raise ValueError(f"TrainConfig.branch_step={train_cfg.branch_step} is not a checkpoint of {branch!r}; it has "
+                       f"steps {steps}")
   if source and os.path.abspath(source) == os.path.abspath(workdir):
     raise ValueError("TrainConfig.init_from is this run's own --workdir; a run resumes its own checkpoints "
                      "without it: drop the binding or pass another workdir")
