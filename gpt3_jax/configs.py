@@ -1,4 +1,4 @@
-"""gin at the composition boundary: the six config dataclasses are gin-configurable here, nowhere else.
+"""gin at the composition boundary: the config dataclasses are gin-configurable here, nowhere else.
 
 gin files bind their fields (`ModelConfig.d_model = 768`); `parse_and_build` applies files then bindings (later
 ones win) and constructs the bundle. gin files may `include` others by path relative to the repository root.
@@ -22,12 +22,13 @@ from gpt3_jax.data.sources import SourceConfig
 from gpt3_jax.finetune.config import FinetuneConfig
 from gpt3_jax.model.config import ModelConfig
 from gpt3_jax.parallel.mesh import MeshConfig
+from gpt3_jax.sweep.config import SweepConfig
 from gpt3_jax.training.optimizer import OptimizerConfig
 from gpt3_jax.training.config import TrainConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_CLASSES = {cls.__name__: cls for cls in (ModelConfig, DataConfig, OptimizerConfig, MeshConfig, TrainConfig,
-                                                 FinetuneConfig)}
+                                                 FinetuneConfig, SweepConfig)}
 _CONFIGURABLES = {name: gin.external_configurable(cls, name) for name, cls in CONFIG_CLASSES.items()}
 # Nested inside DataConfig.sources (scoped: `DataConfig.sources = (@web/SourceConfig(), ...)`), not built alone.
 gin.external_configurable(SourceConfig, "SourceConfig")
@@ -41,6 +42,7 @@ class ConfigBundle:
   mesh: MeshConfig
   train: TrainConfig
   finetune: FinetuneConfig = FinetuneConfig()
+  sweep: SweepConfig = SweepConfig()
   model_bound: tuple = ()  # the ModelConfig fields set in gin (a fine-tune takes the rest from its base)
   operative_config: str = ""  # gin's operative config of this parse: every value the configs were built with
 
@@ -84,6 +86,7 @@ def parse_and_build(gin_files: Sequence[str], bindings: Sequence[str]) -> Config
   bound = tuple(f.name for f in dataclasses.fields(ModelConfig) if _is_bound(f"ModelConfig.{f.name}"))
   return ConfigBundle(model=built["ModelConfig"], data=built["DataConfig"], optimizer=built["OptimizerConfig"],
                       mesh=built["MeshConfig"], train=built["TrainConfig"], finetune=built["FinetuneConfig"],
+                      sweep=built["SweepConfig"],
                       model_bound=bound,
                       operative_config=gin.operative_config_str())
 

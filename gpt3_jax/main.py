@@ -11,11 +11,14 @@ Modes:
   sample  continue --prompt (or each line of --prompt_file) with the newest checkpoint in --workdir, or with a
           Hugging Face import (`python -m gpt3_jax.convert --from_hf`) and its tokenizer.
   score   one JSON line per text (--prompt / --prompt_file): token ids, per-token log-probs and their total.
+  sweep   an Optuna study in --workdir (SweepConfig: the search space over gin bindings, sampler, pruner and its
+          SQLite or PostgreSQL storage); each trial trains in WORKDIR/trial_<n>; several workers may share the
+          storage; results.csv / .md, plots and HParams summaries (docs/sweeps.md).
   eval    zero- / one- / few-shot tasks and perplexity like the paper (--tasks, --num_fewshot, --task_dir;
           docs/evaluation.md): a table, WORKDIR/eval/results_step<N>.json and TensorBoard scalars.
 
-gin files configure the six config dataclasses (ModelConfig, DataConfig, OptimizerConfig, MeshConfig,
-TrainConfig, FinetuneConfig); later files and bindings override earlier ones. The operative config is written to
+gin files configure the config dataclasses (ModelConfig, DataConfig, OptimizerConfig, MeshConfig,
+TrainConfig, FinetuneConfig, SweepConfig); later files and bindings override earlier ones. The operative config is written to
 the workdir once the run's configuration is checked (and, on resume, found compatible with its checkpoint). Each
 mode is a module of gpt3_jax/modes/.
 
@@ -37,7 +40,7 @@ from gpt3_jax.parallel import host_memory
 flags.DEFINE_multi_string("gin_file", [], "gin config files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'TrainConfig.train_steps = 10'.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the operative config.")
-flags.DEFINE_enum("mode", "train", ["train", "finetune", "plan", "sample", "score", "eval"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "finetune", "plan", "sample", "score", "eval", "sweep"], "What to do.")
 flags.DEFINE_bool("json", False, "plan / score: print machine-readable JSON.")
 flags.DEFINE_bool("retain_host_memory", True, "Keep freed host memory for reuse instead of returning it to the OS "
                   "(glibc): XLA:CPU then stops page-faulting its scratch memory in every step. See "
@@ -143,6 +146,9 @@ def run(argv: Sequence[str]) -> None:
   if FLAGS.mode == "finetune":
     from gpt3_jax.modes import finetune
     return finetune.run(bundle, FLAGS.workdir)
+  if FLAGS.mode == "sweep":
+    from gpt3_jax.modes import sweep
+    return sweep.run(bundle, FLAGS.workdir, FLAGS.gin_file, list(FLAGS.gin_bindings) + list(argv[1:]))
   if FLAGS.mode == "eval":
     from gpt3_jax.modes import eval as eval_mode
     try:

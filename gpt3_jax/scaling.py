@@ -132,6 +132,12 @@ def fit_chinchilla(params: Sequence[float], tokens: Sequence[float], loss: Seque
                     beta=float(beta))
 
 
+def identified(fit: Chinchilla, loss: Sequence[float]) -> bool:
+  """False when the fit sits where the runs cannot pin it down: an exponent above 2 (a step, not a power law) or
+  an irreducible loss near 0 (the runs are far from the law's regime, e.g. loss not falling with N)."""
+  return fit.alpha <= 2.0 and fit.beta <= 2.0 and fit.E >= 0.01 * float(np.min(loss))
+
+
 def read_results(path: str) -> Dict[str, np.ndarray]:
   """The columns of a results CSV as float arrays (rows without a finite loss are left out)."""
   import csv
@@ -155,7 +161,8 @@ def fit_all(results: Dict[str, np.ndarray], budget: Optional[float] = None) -> d
   budget = budget or float(np.max(results["flops"])) * 10.0
   return {"power_law": dataclasses.asdict(power), "chinchilla": dataclasses.asdict(chinchilla),
           "flops_per_token_per_param": k, "budget": budget,
-          "compute_optimal": chinchilla.compute_optimal(budget, k), "runs": int(len(results["loss"]))}
+          "compute_optimal": chinchilla.compute_optimal(budget, k), "runs": int(len(results["loss"])),
+          "chinchilla_identified": identified(chinchilla, results["loss"])}
 
 
 def plot(results: Dict[str, np.ndarray], fits: dict, out: str) -> Sequence[str]:
@@ -202,6 +209,9 @@ def main(argv=None) -> None:
   print(f"{fits['runs']} runs; FLOPs per token per parameter {fits['flops_per_token_per_param']:.2f}")
   print(f"power law: L(C) = {p['a']:.4g} * C^{p['b']:.4f}")
   print(f"Chinchilla: L(N, D) = {c['E']:.3f} + {c['A']:.4g} / N^{c['alpha']:.3f} + {c['B']:.4g} / D^{c['beta']:.3f}")
+  if not fits["chinchilla_identified"]:
+    print("warning: these runs do not identify the Chinchilla form (an exponent above 2 or E near 0: the loss "
+          "does not follow a power law in N and D here); do not read the compute-optimal N and D below")
   print(f"compute-optimal at {fits['budget']:.3g} FLOPs: N = {opt['params']:.3g}, D = {opt['tokens']:.3g} "
         f"({opt['tokens_per_param']:.1f} tokens per parameter), L = {opt['loss']:.3f}")
   print("wrote", os.path.join(FLAGS.out, "fits.json"), *paths)

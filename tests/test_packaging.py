@@ -38,11 +38,13 @@ def test_declared_ranges_admit_the_pinned_versions():
   for name, req in declared.items():
     assert name in pins, f"pyproject.toml declares {name} but requirements.txt does not pin it"
     assert req.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside pyproject's {req.specifier}"
-  test_extra = {Requirement(r).name.lower(): Requirement(r) for r in _project()["optional-dependencies"]["test"]}
+  extras = {Requirement(r).name.lower(): (extra, Requirement(r)) for extra, reqs in
+            _project()["optional-dependencies"].items() for r in reqs}
   for name, version in _pins("requirements-test.txt").items():
-    if name in test_extra:
+    if name in extras:
+      extra, req = extras[name]
       base = re.sub(r"\+.*", "", version)
-      assert test_extra[name].specifier.contains(base), f"test extra {name} excludes the pinned {version}"
+      assert req.specifier.contains(base), f"the {extra} extra's {name} excludes the pinned {version}"
 
 
 def test_extras_for_eval_sweeps_tpu_and_tests():

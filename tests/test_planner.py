@@ -6,7 +6,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -126,17 +125,18 @@ def test_step_time_follows_flops_and_mfu():
 
 def test_175b_on_64_fake_devices_compiles_without_allocating():
   """Plan mode end to end with --plan_compile: the real train step, lowered and compiled for 64 CPU devices from
-  ShapeDtypeStructs. The model's state alone is ~2.8 TB; the processes stay far below that."""
-  start = time.perf_counter()
+  ShapeDtypeStructs. The model's state alone is ~2.8 TB; the process stays far below that (its peak resident
+  memory is checked, not its time: a timed assertion fails on a busy machine)."""
+  import resource
   out = _run(["-m", "gpt3_jax.main", "--mode=plan", "--json", "--gin_file=gin_configs/models/175b.gin",
               "--gin.ModelConfig.remat_policy='full'", "--gin.ModelConfig.dtype='bfloat16'",
               "--plan_devices=64", "--plan_mesh=1,8,8", "--plan_batch=64", "--plan_chip=h100", "--plan_compile"],
              timeout=180)
-  seconds = time.perf_counter() - start
+  peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20  # KiB -> GiB, the largest child yet
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads(out.stdout.strip().splitlines()[-1])
   assert {"params", "non_embedding_params", "flops_per_token"} <= set(report)
-  assert seconds < 60, seconds
+  assert peak_gb < 12, peak_gb
   compiled = report["compiled"]
   assert compiled["devices"] == 64, compiled
   memory = report["memory"]

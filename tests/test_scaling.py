@@ -47,6 +47,12 @@ def test_the_chinchilla_form_and_its_compute_optimum_are_recovered():
   assert np.all(TRUE(n, 1e21 / (6 * n)) > want["loss"])
 
 
+def test_a_fit_the_runs_cannot_identify_is_flagged():
+  # The mini-study's degenerate fit (docs/sweeps.md): a step in N and no irreducible loss.
+  assert not scaling.identified(scaling.Chinchilla(E=0.0, A=1e60, B=17.0, alpha=13.0, beta=0.1), [4.7])
+  assert scaling.identified(TRUE, [2.0])
+
+
 def test_the_command_writes_fits_and_plots(tmp_path):
   pytest.importorskip("matplotlib")
   n, d, loss = _grid(noise=0.005, seed=2)
@@ -63,7 +69,8 @@ def test_the_command_writes_fits_and_plots(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   fits = json.load(open(out / "fits.json"))
   assert fits["runs"] == 30 and fits["flops_per_token_per_param"] == pytest.approx(6.2)
-  assert fits["chinchilla"]["alpha"] == pytest.approx(0.34, abs=0.02)
+  assert fits["chinchilla"]["alpha"] == pytest.approx(0.34, abs=0.02) and fits["chinchilla_identified"]
+  assert "warning" not in proc.stdout
   assert all(os.path.getsize(out / name) > 10_000 for name in ("loss_vs_compute.png", "loss_vs_params.png"))
   assert "compute-optimal at 1e+21 FLOPs" in proc.stdout
   bad = subprocess.run([sys.executable, "-m", "gpt3_jax.scaling", f"--results={tmp_path / 'fits' / 'fits.json'}",

@@ -25,6 +25,8 @@ class RunResult:
   skipped_steps: int = 0
   spike_recoveries: int = 0
   consecutive_nonfinite: int = 0
+  tokens: float = 0.0  # training tokens seen (D)
+  flops_per_token: float = 0.0  # the model's training FLOPs per token at this run's sequence length
   best: Optional[Dict[str, Any]] = None  # TrainConfig.keep_best_metric's kept parameters: metric, value, step
 
   @property

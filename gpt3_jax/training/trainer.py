@@ -213,18 +213,21 @@ def _result(run: Run, preempted: bool) -> RunResult:
                    compile_seconds=run.compile_seconds, model_config=run.asm.model, state=run.state,
                    tokenizer=run.corpus.tokenizer, preempted=preempted, initialized_from=run.initialized_from,
                    task_results=run.task_results or {}, best=run.best,
+                   tokens=float(run.ramp.tokens_before(int(run.state.step))), flops_per_token=run.flops_token,
                    **{k: getattr(run.loop, k) for k in LoopState.COUNTERS})
 
 
 def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: optimizer_lib.OptimizerConfig,
           mesh_cfg: mesh_lib.MeshConfig, train_cfg: TrainConfig, workdir: str, *,
-          operative_config: Optional[str] = None, hooks: Optional[Sequence] = None) -> RunResult:
+          operative_config: Optional[str] = None, hooks: Optional[Sequence] = None,
+          extra_hooks: Sequence = ()) -> RunResult:
   """Trains (or resumes) in `workdir`. The operative config and the metrics files are written only once the
-  configuration is valid and the initial state is chosen (a refused resume leaves the workdir as it was)."""
+  configuration is valid and the initial state is chosen (a refused resume leaves the workdir as it was).
+  `hooks` replace the default ones (`hooks.default_hooks`); `extra_hooks` run after them (a sweep's reporting)."""
   workdir = os.path.abspath(workdir)  # orbax needs absolute paths
   mesh = validate(model_cfg, data_cfg, mesh_cfg, train_cfg, workdir)
   run = _build(model_cfg, data_cfg, opt_cfg, mesh, train_cfg, workdir)
-  hooks = hooks_lib.default_hooks(train_cfg, run.tasks) if hooks is None else hooks
+  hooks = list(hooks_lib.default_hooks(train_cfg, run.tasks) if hooks is None else hooks) + list(extra_hooks)
   try:
     with run.asm.activate(), PreemptionWatcher() as watcher:
       initial_state(run)

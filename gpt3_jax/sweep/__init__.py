@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: Optuna studies over gin bindings (docs/sweeps.md)."""
