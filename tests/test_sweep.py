@@ -171,3 +171,16 @@ def test_a_grid_of_linked_bindings_visits_every_point_once():
   study.optimize(objective, n_trials=6)
   assert len(set(seen)) == 6
   assert ("ModelConfig.d_model = 128", "ModelConfig.n_heads = 4", "TrainConfig.train_steps = 20") in seen
+
+
+def test_workers_started_together_open_a_new_database(tmp_path):
+  """Four processes opening the same new SQLite study at once: they race to create its tables, and every one
+  opens the study (the loser retries once the winner is done)."""
+  code = ("import sys; from gpt3_jax.sweep import study; from gpt3_jax.sweep.config import SweepConfig; "
+          "study.open_study(SweepConfig(space={'OptimizerConfig.peak_learning_rate': ('log', 1e-4, 1e-2)}), "
+          "sys.argv[1])")
+  for round_ in range(3):
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"s{round_}")], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-500:] for e in errors]

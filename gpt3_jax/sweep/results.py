@@ -37,19 +37,20 @@ def write(study, cfg: SweepConfig, sweep_dir: str, plots: bool = False) -> List[
   table = rows(study, cfg)
   columns = list(dict.fromkeys(k for row in table for k in row))
   paths = [os.path.join(sweep_dir, "results.csv"), os.path.join(sweep_dir, "results.md")]
-  with open(paths[0] + ".tmp", "w", newline="") as f:
+  with open(f"{paths[0]}.{os.getpid()}.tmp", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     writer.writerows(table)
-  os.replace(paths[0] + ".tmp", paths[0])
+  os.replace(f"{paths[0]}.{os.getpid()}.tmp", paths[0])
   reverse = cfg.direction == "maximize"
   done = sorted((r for r in table if r["state"] == "complete"), key=lambda r: r[cfg.metric], reverse=reverse)
   ordered = done + [r for r in table if r["state"] != "complete"]
   shown = [c for c in columns if c != "workdir"]
   lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
   lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in shown) + " |" for r in ordered]
-  with open(paths[1], "w") as f:
+  with open(f"{paths[1]}.{os.getpid()}.tmp", "w") as f:  # workers may write at once: each replaces the file whole
     f.write("\n".join(lines) + "\n")
+  os.replace(f"{paths[1]}.{os.getpid()}.tmp", paths[1])
   if plots:
     paths += hparams(study, cfg) + plot(study, cfg, sweep_dir, table)
   return paths

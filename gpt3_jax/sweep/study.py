@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import List, Sequence
 
 from absl import logging
@@ -17,6 +18,8 @@ from absl import logging
 from gpt3_jax.sweep.config import SweepConfig
 
 MAX_RETRY = 3  # a trial whose worker died is re-run at most this often
+OPEN_ATTEMPTS = 5
+SCHEMA_RACES = ("already exists", "UNIQUE constraint failed", "duplicate key", "database is locked")
 
 
 def storage_url(cfg: SweepConfig, sweep_dir: str) -> str:
@@ -42,14 +45,21 @@ def open_study(cfg: SweepConfig, sweep_dir: str):
   url = storage_url(cfg, sweep_dir)
   if url.startswith("sqlite:///"):
     os.makedirs(os.path.dirname(url[len("sqlite:///"):]), exist_ok=True)
-  try:
-    storage = optuna.storages.RDBStorage(
-        url, heartbeat_interval=cfg.heartbeat_s, grace_period=3 * cfg.heartbeat_s,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-  except Exception as e:  # driver errors carry the URL, password included: never show them as they are
-    message = str(e).replace(url, redact(url)).splitlines()[0][:200]
-    raise ValueError(f"cannot open the sweep storage {redact(url)} ({type(e).__name__}: {message}); check "
-                     f"SweepConfig.storage") from None
+  for attempt in range(OPEN_ATTEMPTS):
+    try:
+      storage = optuna.storages.RDBStorage(
+          url, heartbeat_interval=cfg.heartbeat_s, grace_period=3 * cfg.heartbeat_s,
+          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+      break
+    except Exception as e:  # driver errors carry the URL, password included: never show them as they are
+      # Workers started together race to create the schema of a new database (a table or the schema version
+      # written twice): the loser opens it again once the winner is done.
+      if any(m in str(e) for m in SCHEMA_RACES) and attempt + 1 < OPEN_ATTEMPTS:
+        time.sleep(0.5 * (attempt + 1))
+        continue
+      message = str(e).replace(url, redact(url)).splitlines()[0][:200]
+      raise ValueError(f"cannot open the sweep storage {redact(url)} ({type(e).__name__}: {message}); check "
+                       f"SweepConfig.storage") from None
   pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
             "hyperband": lambda: optuna.pruners.HyperbandPruner(),
             "none": lambda: optuna.pruners.NopPruner()}[cfg.pruner]()
