@@ -15,6 +15,7 @@ the backstop for a lost coordinator.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -95,4 +96,14 @@ def start(timeout_s: float) -> Optional[PeerWatchdog]:
     return _WATCHDOG
   _WATCHDOG = PeerWatchdog(client, jax.process_index(), jax.process_count(), timeout_s)
   _WATCHDOG.start()
+  # atexit runs last-registered first: this stops the thread before jax.distributed's own shutdown tears the
+  # client down. A daemon thread still inside a client call at that moment aborts the process ('terminate
+  # called ... exception not rethrown', seen once in a busy CI run after a multi-process run had finished).
+  atexit.register(_stop_at_exit)
   return _WATCHDOG
+
+
+def _stop_at_exit() -> None:
+  if _WATCHDOG is not None and _WATCHDOG.is_alive():
+    _WATCHDOG.stop()
+    _WATCHDOG.join(timeout=2 * _WATCHDOG.interval_s + 1)
