@@ -7,7 +7,7 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any
+from typing import Any, Tuple
 
 _NAMES = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
 
@@ -99,3 +99,10 @@ def check_finite(owner: str, name: str, value: float, *, low: float | None = Non
     bound += f" and <= {high}" if high is not None else ""
     raise ValueError(f"{owner}.{name} must be a finite number{bound}, got {value!r}"
                      + (f"; e.g. {owner}.{name} = {example!r}" if example is not None else ""))
+
+
+def check_choice(owner: str, name: str, value: Any, choices: Tuple[Any, ...]) -> None:
+  """`value` is one of `choices`; else a one-line error naming the setting and the valid values."""
+  if value not in choices:
+    raise ValueError(f"{owner}.{name}={value!r} must be one of {tuple(choices)}, e.g. {owner}.{name} = "
+                     f"{choices[-1]!r}")

@@ -34,10 +34,16 @@ def checkpoints_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
 
 
+def checkpoint_steps(workdir: str) -> list:
+  """The steps of the workdir's complete training checkpoints, in order (orbax renames a step's directory to its
+  number only once it is complete)."""
+  directory = checkpoints_dir(workdir)
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+
+
 def has_checkpoints(workdir: str) -> bool:
   """Whether the workdir holds at least one complete training checkpoint."""
-  directory = checkpoints_dir(workdir)
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  return bool(checkpoint_steps(workdir))
 
 
 def is_import(workdir: str) -> bool:

@@ -52,12 +52,9 @@ class FinetuneConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
-    if self.task not in TASKS:
-      raise ValueError(f"FinetuneConfig.task={self.task!r} must be one of {TASKS}, e.g. FinetuneConfig.task = "
-                       f"'classify'")
-    if self.on_bad_example not in BAD_EXAMPLE_POLICIES:
-      raise ValueError(f"FinetuneConfig.on_bad_example={self.on_bad_example!r} must be one of "
-                       f"{BAD_EXAMPLE_POLICIES}, e.g. FinetuneConfig.on_bad_example = 'skip'")
+    from gpt3_jax.config_types import check_choice
+    check_choice("FinetuneConfig", "task", self.task, TASKS)
+    check_choice("FinetuneConfig", "on_bad_example", self.on_bad_example, BAD_EXAMPLE_POLICIES)
     if not 0.0 < self.validation_fraction < 1.0:
       raise ValueError(f"FinetuneConfig.validation_fraction={self.validation_fraction} must be in (0, 1), e.g. 0.1")
     if self.tfds_name and (self.train_path or self.validation_path):

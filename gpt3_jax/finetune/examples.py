@@ -78,10 +78,10 @@ def parse(records, cfg: FinetuneConfig, skipped: collections.Counter) -> List[Ex
       names = "text_field / label_field" if cfg.task == "classify" else "prompt_field / completion_field"
       bad(cfg, skipped, "missing_field", f"{where}: no {a!r} and {b!r} fields{chat}; set FinetuneConfig.{names}")
       continue
-    empty = ([w for w, x in (("text", pair[0]), ("label", pair[1])) if not x.strip()] if cfg.task == "classify"
-             else ["completion"] if not pair[1].strip() else [])
+    parts = (("text", pair[0]), ("label", pair[1])) if cfg.task == "classify" else (("completion", pair[1]),)
+    empty = next((part for part, value in parts if not value.strip()), None)
     if empty:
-      bad(cfg, skipped, f"empty_{empty[0]}", f"{where}: the {empty[0]} is empty")
+      bad(cfg, skipped, f"empty_{empty}", f"{where}: the {empty} is empty")
       continue
     out.append((pair[0], pair[1], where))
   return out

@@ -121,7 +121,7 @@ class SFTData:
 
   @functools.cached_property
   def _read(self):
-    """(train examples, validation examples, where the validation ones come from, skipped counts)."""
+    """(train examples, validation examples, skipped counts, class names in index order (() for generation))."""
     cfg, skipped = self.cfg, collections.Counter()
     if cfg.tfds_name:
       train_source, valid_source = examples.tfds_splits(cfg)
@@ -140,13 +140,14 @@ class SFTData:
     if not train or not valid:
       raise ValueError(f"FinetuneConfig: {len(train)} training and {len(valid)} validation examples; both need at "
                        f"least one (check FinetuneConfig.train_path / validation_path / tfds_name)")
+    names = ()
     if cfg.task == "classify":
-      names = self.cfg.labels or tuple(sorted({label for _, label, _ in train}))
+      names = cfg.labels or tuple(sorted({label for _, label, _ in train}))
       train, valid = (self._known_labels(split, names, skipped) for split in (train, valid))
       if len(names) < 2:
         raise ValueError(f"FinetuneConfig: the training examples have one label {names!r}; a classification "
                          f"needs at least two")
-    return train, valid, skipped
+    return train, valid, skipped, names
 
   def _known_labels(self, split, names, skipped):
     kept = []
@@ -163,28 +164,22 @@ class SFTData:
 
   def labels(self) -> Tuple[str, ...]:
     """A classification's class names in index order (() for generation)."""
-    if self.cfg.task != "classify":
-      return ()
-    return self.cfg.labels or tuple(sorted({label for _, label, _ in self._read[0]}))
-
-  def _row(self, tokenizer, example, seq_len: int):
-    a, b, _ = example
-    if self.cfg.task == "classify":
-      return classification_row(tokenizer, a, self.labels().index(b), seq_len, self.vocab_size)
-    return example_row(tokenizer, a, b, seq_len)
+    return self._read[3]
 
   def prepare(self, seq_len: int) -> SFTCorpus:
     from gpt3_jax.data.tokenizer import load_tokenizer
     if not self.tokenizer_path:
       raise ValueError("fine-tuning needs the base model's tokenizer; TrainConfig.init_from's workdir has none")
     tokenizer = load_tokenizer(self.tokenizer_path)
-    train, valid, skipped = self._read
-    skipped = collections.Counter(skipped)
+    train, valid, skipped, names = self._read
+    skipped, index = collections.Counter(skipped), {name: i for i, name in enumerate(names)}
     streams, stats, padding, labels = [], {}, 0, {}
     for split, split_examples in (("train", train), ("validation", valid)):
       rows = []
       for example in split_examples:
-        row = self._row(tokenizer, example, seq_len)
+        a, b, _ = example
+        row = (classification_row(tokenizer, a, index[b], seq_len, self.vocab_size) if names
+               else example_row(tokenizer, a, b, seq_len))
         if row is None:
           examples.bad(self.cfg, skipped, "too_long", f"{example[2]}: the example needs more than the sequence's "
                        f"{seq_len} tokens (with its two end-of-text or label positions); raise TrainConfig.seq_len "
@@ -192,18 +187,14 @@ class SFTData:
           continue
         rows.append(row)
         padding += seq_len - 1 - int(np.flatnonzero(row >= 0)[-1])  # masked positions after the last scored one
-        labels.setdefault(split, []).append(example[1])
+        labels.setdefault(split, []).append(index.get(b))
       if not rows:
         raise ValueError(f"FinetuneConfig: no {split} example fits {seq_len} tokens; raise TrainConfig.seq_len")
       streams.append(np.concatenate(rows + [masked([tokenizer.eot_id]).astype(np.int32)]))
       stats[f"{split}_examples"] = len(rows)
     stats.update({f"skipped/{k}": v for k, v in sorted(skipped.items())})
     stats["padding_fraction"] = padding / ((stats["train_examples"] + stats["validation_examples"]) * seq_len)
-    baseline = None
-    if self.cfg.task == "classify":
-      index = {name: i for i, name in enumerate(self.labels())}
-      baseline = label_prior_loss([index[x] for x in labels["train"]], [index[x] for x in labels["validation"]],
-                                  len(index))
+    baseline = label_prior_loss(labels["train"], labels["validation"], len(names)) if names else None
     fingerprint = hashlib.sha256(b"".join(s.tobytes() for s in streams)).hexdigest()[:16]
     return SFTCorpus(tokenizer=tokenizer, tokenizer_path=self.tokenizer_path,
                      streams=(SFTStream("sft", streams[0], streams[1]),), weights=(1.0,),

@@ -38,6 +38,6 @@ def run(bundle, workdir: str) -> None:
                      "Face import>'")
   base = workdir_lib.load_model(bundle.train.init_from)
   data = SFTData(bundle.finetune, tokenizer_path=base.tokenizer_path or "", vocab_size=base.cfg.vocab_size)
-  result = trainer.train(model_config(base.cfg, bundle, data.labels()), data, bundle.optimizer, bundle.mesh, bundle.train, workdir,
-                         operative_config=bundle.operative_config)
+  result = trainer.train(model_config(base.cfg, bundle, data.labels()), data, bundle.optimizer, bundle.mesh,
+                         bundle.train, workdir, operative_config=bundle.operative_config)
   run_summary.print_summary(result, bundle.train)

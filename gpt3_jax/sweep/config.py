@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional, Tuple
 
+DIRECTIONS = ("minimize", "maximize")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
 KINDS = ("float", "log", "int", "choice")
@@ -46,17 +47,13 @@ class SweepConfig:
   def __post_init__(self):
     if self.space is not None:
       object.__setattr__(self, "space", {k: tuple(v) for k, v in dict(self.space).items()})
-    checks = [
-        (self.n_trials > 0, f"SweepConfig.n_trials must be positive, got {self.n_trials}"),
-        (self.heartbeat_s > 0, f"SweepConfig.heartbeat_s must be positive, got {self.heartbeat_s}"),
-        (self.direction in ("minimize", "maximize"), f"SweepConfig.direction={self.direction!r}: use 'minimize' or "
-                                                     f"'maximize'"),
-        (self.sampler in SAMPLERS, f"SweepConfig.sampler={self.sampler!r}: choose one of {SAMPLERS}"),
-        (self.pruner in PRUNERS, f"SweepConfig.pruner={self.pruner!r}: choose one of {PRUNERS}"),
-    ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
+    from gpt3_jax.config_types import check_choice
+    for name in ("n_trials", "heartbeat_s"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"SweepConfig.{name} must be positive, got {getattr(self, name)}")
+    check_choice("SweepConfig", "direction", self.direction, DIRECTIONS)
+    check_choice("SweepConfig", "sampler", self.sampler, SAMPLERS)
+    check_choice("SweepConfig", "pruner", self.pruner, PRUNERS)
     for name, spec in (self.space or {}).items():
       check_spec(name, spec)
     if self.sampler == "grid" and any(spec[0] != "choice" for spec in (self.space or {}).values()):

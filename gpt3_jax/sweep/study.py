@@ -19,6 +19,7 @@ from gpt3_jax.sweep.config import SweepConfig
 
 MAX_RETRY = 3  # a trial whose worker died is re-run at most this often
 OPEN_ATTEMPTS = 5
+SQLITE_TIMEOUT_S = 60
 SCHEMA_RACES = ("already exists", "UNIQUE constraint failed", "duplicate key", "database is locked")
 
 
@@ -35,6 +36,12 @@ def redact(url: str) -> str:
     return url.split("://", 1)[0] + "://***"
 
 
+def _engine_kwargs(url: str) -> dict:
+  """SQLite lets one writer in at a time and makes the others wait 5 s by default before 'database is locked';
+  workers on a busy machine (heartbeats, trial updates, result tables) wait longer."""
+  return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
+
+
 def open_study(cfg: SweepConfig, sweep_dir: str):
   """The study (created, or loaded when it exists) in its storage; a storage that cannot be opened is a one-line
   error with the password redacted."""
@@ -48,7 +55,7 @@ def open_study(cfg: SweepConfig, sweep_dir: str):
   for attempt in range(OPEN_ATTEMPTS):
     try:
       storage = optuna.storages.RDBStorage(
-          url, heartbeat_interval=cfg.heartbeat_s, grace_period=3 * cfg.heartbeat_s,
+          url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=cfg.heartbeat_s, grace_period=3 * cfg.heartbeat_s,
           heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
       break
     except Exception as e:  # driver errors carry the URL, password included: never show them as they are
@@ -64,36 +71,44 @@ def open_study(cfg: SweepConfig, sweep_dir: str):
             "hyperband": lambda: optuna.pruners.HyperbandPruner(),
             "none": lambda: optuna.pruners.NopPruner()}[cfg.pruner]()
   return optuna.create_study(study_name=cfg.study_name, storage=storage, sampler=make_sampler(cfg, cfg.seed),
-                             pruner=pruner,
-                             direction=cfg.direction, load_if_exists=True)
+                             pruner=pruner, direction=cfg.direction, load_if_exists=True)
 
 
 def make_sampler(cfg: SweepConfig, seed: int):
   import optuna
   return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
           "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-          "grid": lambda: optuna.samplers.GridSampler(
-              {k: [repr(tuple(x)) for x in v[1]] if "," in k else list(v[1]) for k, v in cfg.space.items()},
-              seed=seed)}[cfg.sampler]()
+          "grid": lambda: optuna.samplers.GridSampler({k: _choices(k, v) for k, v in cfg.space.items()},
+                                                      seed=seed)}[cfg.sampler]()
+
+
+def _choices(name: str, spec) -> list:
+  """A choice's values as the study stores them: linked bindings ('A,B') as the repr of each tuple (Optuna's
+  categorical values are scalars)."""
+  return [repr(tuple(v)) for v in spec[1]] if "," in name else list(spec[1])
+
+
+def _bindings(name: str, value) -> List[str]:
+  """The gin bindings of one space entry's value (a linked entry's: a tuple, or its repr as stored)."""
+  if "," not in name:
+    return [f"{name} = {value!r}"]
+  import ast
+  values = ast.literal_eval(value) if isinstance(value, str) else value
+  return [f"{n.strip()} = {v!r}" for n, v in zip(name.split(","), values)]
 
 
 def suggest(trial, space) -> List[str]:
-  """The trial's gin bindings, one per swept parameter."""
-  import ast
+  """The trial's gin bindings, one per swept parameter (several per linked entry)."""
   bindings = []
   for name, spec in space.items():
     kind = spec[0]
-    if kind == "choice" and "," in name:  # linked bindings: each choice sets them together
-      picked = ast.literal_eval(trial.suggest_categorical(name, [repr(tuple(v)) for v in spec[1]]))
-      bindings += [f"{n.strip()} = {v!r}" for n, v in zip(name.split(","), picked)]
-      continue
     if kind == "choice":
-      value = trial.suggest_categorical(name, list(spec[1]))
+      value = trial.suggest_categorical(name, _choices(name, spec))
     elif kind == "int":
       value = trial.suggest_int(name, int(spec[1]), int(spec[2]))
     else:
       value = trial.suggest_float(name, float(spec[1]), float(spec[2]), log=kind == "log")
-    bindings.append(f"{name} = {value!r}")
+    bindings += _bindings(name, value)
   return bindings
 
 
@@ -146,7 +161,6 @@ def run_trial(trial, cfg: SweepConfig, gin_files: Sequence[str], bindings: Seque
   bundle.check_vocab()
   workdir = trial_dir(sweep_dir, trial)
   trial.set_user_attr("workdir", workdir)
-  trial.set_user_attr("bindings", trial_bindings)
   result = trainer.train(bundle.model, bundle.data, bundle.optimizer, bundle.mesh, bundle.train, workdir,
                          operative_config=bundle.operative_config, extra_hooks=[ReportToTrial(trial, cfg.metric)])
   if result.preempted:  # SIGTERM: checkpoint saved; leave the trial running so a worker resumes it
@@ -171,10 +185,8 @@ def check(cfg: SweepConfig, gin_files: Sequence[str], bindings: Sequence[str]) -
     raise ValueError("SweepConfig.space is empty; e.g. SweepConfig.space = {'OptimizerConfig.peak_learning_rate': "
                      "('log', 1e-4, 1e-2)}")
   for name, spec in cfg.space.items():
-    values = spec[1] if spec[0] == "choice" else spec[1:]
-    for value in values:
-      names, value = (name.split(","), value) if "," in name else ([name], (value,))
-      configs.parse_and_build(gin_files, list(bindings) + [f"{n.strip()} = {v!r}" for n, v in zip(names, value)])
+    for value in spec[1] if spec[0] == "choice" else spec[1:]:
+      configs.parse_and_build(gin_files, list(bindings) + _bindings(name, value))
 
 
 def run(cfg: SweepConfig, gin_files: Sequence[str], bindings: Sequence[str], sweep_dir: str):

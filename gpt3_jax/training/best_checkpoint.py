@@ -19,6 +19,7 @@ from typing import Optional
 from absl import logging
 
 from gpt3_jax import workdir as workdir_lib
+from gpt3_jax.config_types import check_choice
 from gpt3_jax.training.checkpointing import CheckpointConfig, Checkpointer
 
 MODES = ("min", "max")
@@ -35,8 +36,7 @@ def check(train_cfg, model_cfg) -> None:
   metric, mode = train_cfg.keep_best_metric, train_cfg.keep_best_mode
   if not metric:
     return
-  if mode not in MODES + ("",):
-    raise ValueError(f"TrainConfig.keep_best_mode={mode!r} must be 'min', 'max' or '' (min for a loss, else max)")
+  check_choice("TrainConfig", "keep_best_mode", mode, ("",) + MODES)  # '': min for a loss, else max
   if (m := _FEWSHOT.fullmatch(metric)) is not None:
     if m["task"] not in train_cfg.task_eval_tasks or int(m["k"]) not in train_cfg.task_eval_fewshot:
       raise ValueError(f"TrainConfig.keep_best_metric={metric!r} needs task {m['task']!r} in "

@@ -42,7 +42,7 @@ class Evaluate:
         run.asm, run.state.params, run.corpus.streams, run.corpus.weights, batch_size=run.cfg.global_batch_size,
         max_batches=run.cfg.eval_batches)
     loss = run.eval_metrics["loss"]
-    classifier = "accuracy" in run.eval_metrics  # its loss is per example: no perplexity
+    classifier = bool(run.asm.model.class_labels)  # its loss is per example: no perplexity
     run.logger.write(step, run.eval_metrics if classifier else {**run.eval_metrics,
                                                                  "perplexity": math.exp(min(loss, 50))}, prefix="eval")
     if run.primary and classifier:

@@ -57,7 +57,7 @@ class OptimizerConfig:
   frozen_layers: int = 0
 
   def __post_init__(self):
-    from gpt3_jax.config_types import check_finite
+    from gpt3_jax.config_types import check_choice, check_finite
     check = lambda name, **bounds: check_finite("OptimizerConfig", name, getattr(self, name),
                                                 example=getattr(OptimizerConfig, name), **bounds)
     check("peak_learning_rate", low=0.0, low_open=True)
@@ -71,11 +71,8 @@ class OptimizerConfig:
     check("grad_clip_norm", low=0.0)
     check("cooldown_start_tokens", low=0.0)
     check("cooldown_tokens", low=0.0)
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"OptimizerConfig.schedule={self.schedule!r} must be one of {SCHEDULES}, e.g. "
-                       f"OptimizerConfig.schedule = 'wsd'")
-    if self.cooldown_shape not in COOLDOWN_SHAPES:
-      raise ValueError(f"OptimizerConfig.cooldown_shape={self.cooldown_shape!r} must be one of {COOLDOWN_SHAPES}")
+    check_choice("OptimizerConfig", "schedule", self.schedule, SCHEDULES)
+    check_choice("OptimizerConfig", "cooldown_shape", self.cooldown_shape, COOLDOWN_SHAPES)
     if self.schedule == "wsd" and (self.cooldown_tokens <= 0 or self.cooldown_start_tokens < self.warmup_tokens):
       raise ValueError(f"OptimizerConfig.schedule='wsd' needs cooldown_tokens > 0 and cooldown_start_tokens >= "
                        f"warmup_tokens ({self.warmup_tokens:g}); got {self.cooldown_tokens:g} and "

@@ -35,21 +35,30 @@ def loss_fn(params, cfg: ModelConfig, batch: jax.Array, rng: Optional[jax.Array]
   pretraining batches have none, and every target counts. A classifier (cfg.class_labels) sums the
   cross-entropy of its head over the rows instead: (total, number of rows). `rng` turns on LoRA dropout."""
   if cfg.class_labels:
-    logits, labels = classifier_outputs(params, cfg, batch, rng)
-    return cross_entropy(logits, labels, jnp.ones(labels.shape, jnp.float32))
+    return classifier_loss(params, cfg, batch, rng)[:2]
   tokens = jnp.where(batch < 0, -batch - 1, batch)
   logits = GPT(cfg).apply({"params": params}, tokens[:, :-1], rngs=_rngs(cfg, rng))
   return cross_entropy(logits, tokens[:, 1:], (batch[:, 1:] >= 0).astype(jnp.float32))
 
 
+def has_dropout(cfg: ModelConfig) -> bool:
+  return bool(cfg.lora_rank and cfg.lora_dropout)
+
+
 def _rngs(cfg: ModelConfig, rng):
-  return {"dropout": rng} if rng is not None and cfg.lora_rank and cfg.lora_dropout else {}
+  return {"dropout": rng} if rng is not None and has_dropout(cfg) else {}
 
 
 def classifier_outputs(params, cfg: ModelConfig, batch: jax.Array, rng=None) -> Tuple[jax.Array, jax.Array]:
   """(class logits [B, num_labels], class indices [B]) of classification rows (row_format.py)."""
   tokens, last, labels = row_format.classification_rows(batch, cfg.vocab_size)
   return GPT(cfg).apply({"params": params}, tokens, last, method=GPT.classify, rngs=_rngs(cfg, rng)), labels
+
+
+def classifier_loss(params, cfg: ModelConfig, batch: jax.Array, rng=None):
+  """(summed cross-entropy over the rows, row count, class logits, class indices) of classification rows."""
+  logits, labels = classifier_outputs(params, cfg, batch, rng)
+  return (*cross_entropy(logits, labels, jnp.ones(labels.shape, jnp.float32)), logits, labels)
 
 
 def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformationExtraArgs, num_microbatches: int = 1,
@@ -79,7 +88,8 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformationExtraArgs,
     return total, count, grads
 
   def step(state: TrainState, batch: jax.Array, learning_rate: jax.Array):
-    rng = jax.random.fold_in(jax.random.key(DROPOUT_SEED), state.step)  # a function of the step: resume is exact
+    # Dropout masks are a function of the step (resume is exact); a model without dropout draws none.
+    rng = jax.random.fold_in(jax.random.key(DROPOUT_SEED), state.step) if has_dropout(cfg) else None
     if num_microbatches == 1:
       loss, grads = grads_of(state.params, batch, rng)
     else:
@@ -88,7 +98,8 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformationExtraArgs,
 
       def body(acc, mb_index):
         mb, index = mb_index
-        return jax.tree.map(jnp.add, acc, summed_grads_of(state.params, mb, jax.random.fold_in(rng, index))), None
+        mb_rng = None if rng is None else jax.random.fold_in(rng, index)
+        return jax.tree.map(jnp.add, acc, summed_grads_of(state.params, mb, mb_rng)), None
 
       zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
       (total, count, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num_microbatches)))
@@ -121,8 +132,7 @@ def make_eval_step(cfg: ModelConfig, shardings: TrainState, mesh: Mesh):
   def evaluate(params, batch):
     if not cfg.class_labels:
       return loss_fn(params, cfg, batch)
-    logits, labels = classifier_outputs(params, cfg, batch)
-    total, count = cross_entropy(logits, labels, jnp.ones(labels.shape, jnp.float32))
+    total, count, logits, labels = classifier_loss(params, cfg, batch)
     return total, count, jnp.argmax(logits, axis=-1), labels
 
   return jax.jit(evaluate, in_shardings=(shardings.params, mesh_lib.batch_sharding(mesh)),

@@ -66,7 +66,7 @@ def _check_train_config(model_cfg: ModelConfig, train_cfg: TrainConfig, workdir:
   if branch and os.path.abspath(branch) == os.path.abspath(workdir):
     raise ValueError("TrainConfig.branch_from is this run's own --workdir; branch into a new --workdir")
   if branch and train_cfg.branch_step:
-    steps = sorted(int(n) for n in os.listdir(workdir_lib.checkpoints_dir(branch)) if n.isdigit())
+    steps = workdir_lib.checkpoint_steps(branch)
     if train_cfg.branch_step not in steps:
       raise ValueError(f"TrainConfig.branch_step={train_cfg.branch_step} is not a checkpoint of {branch!r}; it has "
                        f"steps {steps}")
