@@ -18,9 +18,9 @@ Modes:
           docs/evaluation.md): a table, WORKDIR/eval/results_step<N>.json and TensorBoard scalars.
 
 gin files configure the config dataclasses (ModelConfig, DataConfig, OptimizerConfig, MeshConfig,
-TrainConfig, FinetuneConfig, SweepConfig); later files and bindings override earlier ones. The operative config is written to
-the workdir once the run's configuration is checked (and, on resume, found compatible with its checkpoint). Each
-mode is a module of gpt3_jax/modes/.
+TrainConfig, FinetuneConfig, SweepConfig); later files and bindings override earlier ones. The operative config is
+written to the workdir once the run's configuration is checked (and, on resume, found compatible with its
+checkpoint). Each mode is a module of gpt3_jax/modes/.
 
 Multi-process runs: --coordinator_address, --num_processes and --process_id on every process, or none of them
 inside a SLURM / Open MPI / multi-host TPU job (detected automatically); see docs/scaling.md.
@@ -45,6 +45,10 @@ flags.DEFINE_bool("json", False, "plan / score: print machine-readable JSON.")
 flags.DEFINE_bool("retain_host_memory", True, "Keep freed host memory for reuse instead of returning it to the OS "
                   "(glibc): XLA:CPU then stops page-faulting its scratch memory in every step. See "
                   "gpt3_jax/parallel/host_memory.py.")
+flags.DEFINE_bool("compilation_cache", True, "Keep compiled steps in JAX's persistent compilation cache, so the "
+                  "second start of the same experiment skips compilation (gpt3_jax/parallel/compile_cache.py).")
+flags.DEFINE_string("compilation_cache_dir", None, "Where the compilation cache lives (default: "
+                    "$GPT3_JAX_COMPILATION_CACHE_DIR or ~/.cache/gpt3_jax/jax_compilation_cache).")
 flags.DEFINE_string("prompt", None, "sample / score: one text.")
 flags.DEFINE_string("prompt_file", None, "sample / score: a file with one text per line.")
 flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens to generate per prompt.")
@@ -132,6 +136,9 @@ def run(argv: Sequence[str]) -> None:
   if FLAGS.verbosity < 1:
     logging.get_absl_handler().addFilter(_QuietLibraries())
   _initialize_distributed()
+  if FLAGS.compilation_cache and FLAGS.mode != "plan":
+    from gpt3_jax.parallel import compile_cache
+    compile_cache.enable(FLAGS.compilation_cache_dir)
   from gpt3_jax import configs  # imports jax: keep flag errors fast
 
   bundle = configs.parse_and_build(FLAGS.gin_file, list(FLAGS.gin_bindings) + list(argv[1:]))

@@ -8,6 +8,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# `python -m gpt3_jax.main` keeps a persistent compilation cache: the tests' runs keep theirs in a temporary
+# directory of this process (and its subprocesses), never in ~/.cache.
+if "GPT3_JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  os.environ["GPT3_JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gpt3_jax_compile_cache_")
+  atexit.register(shutil.rmtree, os.environ["GPT3_JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 

@@ -4,6 +4,7 @@ import glob
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -126,9 +127,21 @@ def test_main_end_to_end_and_bad_input(tiny_text_dir, tiny_data_dir, tmp_path):
           "--gin.TrainConfig.checkpoint_every=2", "--gin.TrainConfig.eval_batches=1",
           "--gin.TrainConfig.sample_tokens=8", "--gin.TrainConfig.peak_flops_per_device=1e11"]
   workdir = tmp_path / "run"
-  result = _main(base + ["--workdir=run"], cwd=tmp_path)  # a relative workdir, gin files found from the repo
+  # The persistent compilation cache (every program cached, however fast it compiled).
+  cache = {"GPT3_JAX_COMPILATION_CACHE_DIR": str(tmp_path / "compile_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  result = _main(base + ["--workdir=run"], cwd=tmp_path, env_extra=cache)  # a relative workdir, gin files found
   assert result.returncode == 0, result.stderr[-3000:]
   assert "validation loss" in result.stdout and "unigram baseline" in result.stdout
+  cached = sorted(os.listdir(tmp_path / "compile_cache"))
+  assert cached, "the first run wrote nothing into the compilation cache"
+  # The same experiment again: everything it compiles is found in the cache (nothing new is written), and the
+  # cached programs compute what the compiled ones did.
+  again = _main(base + ["--workdir=again"], cwd=tmp_path, env_extra=cache)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert sorted(os.listdir(tmp_path / "compile_cache")) == cached
+  loss = re.compile(r"validation loss[^\n]*")
+  assert loss.search(again.stdout).group(0) == loss.search(result.stdout).group(0), (again.stdout, result.stdout)
   assert {"2", "3"} <= set(os.listdir(workdir / "checkpoints"))
   assert glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
   operative = (workdir / "operative_config.gin").read_text()

@@ -61,7 +61,7 @@ class Assembly:
 
   def fresh_state(self, seed: int) -> state_lib.TrainState:
     """Initial parameters from `seed`, created directly in their shardings."""
-    return state_lib.create_state(self.model, self.tx, self.mesh, seed)[0]
+    return state_lib.create_state(self.model, self.tx, self.mesh, seed, self.shardings)[0]
 
   def state_from_params(self, params: Any) -> state_lib.TrainState:
     """These parameters (host arrays, e.g. from `workdir.load_model`), a fresh optimizer state and step 0."""
@@ -100,7 +100,7 @@ def assemble(model_cfg: ModelConfig, opt_cfg: optimizer_lib.OptimizerConfig, mes
   tx = optimizer_lib.make_optimizer(opt_cfg)
   with mesh_lib.activate(mesh):
     shardings = state_lib.state_shardings(model_cfg, tx, mesh)
-    abstract = state_lib.abstract_state(model_cfg, tx, mesh)
+    abstract = state_lib.with_shardings(state_lib.state_shapes(model_cfg, tx), shardings)
   stop = functools.partial(optimizer_lib.stop_frozen_gradients, opt_cfg)
   step = step_lib.jit_train_step(step_lib.make_train_step(model_cfg, tx, num_microbatches, stop), shardings, mesh)
   eval_step = step_lib.make_eval_step(model_cfg, shardings, mesh)

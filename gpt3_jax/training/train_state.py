@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+import functools
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import flax.struct
@@ -31,10 +32,23 @@ def init_params_fn(cfg: ModelConfig):
   return lambda rng: model.init(rng, dummy)["params"]
 
 
+@functools.lru_cache(maxsize=16)
+def _boxed_shapes(cfg: ModelConfig):
+  """The params' ShapeDtypeStructs in their logical-partitioning boxes: one trace of the model's init per config
+  (set-up asks for specs, shapes and shardings several times; each trace of the model costs about a second on a
+  CPU)."""
+  return jax.eval_shape(init_params_fn(cfg), jax.random.key(0))
+
+
 def param_logical_specs(cfg: ModelConfig):
   """Tree of logical PartitionSpecs for the params, computed without allocating anything."""
-  boxed = jax.eval_shape(init_params_fn(cfg), jax.random.key(0))
-  return nn.get_partition_spec(boxed)
+  return nn.get_partition_spec(_boxed_shapes(cfg))
+
+
+def _abstract_params(cfg: ModelConfig):
+  """The params' ShapeDtypeStructs (outside a trace: no sharding constraint is applied)."""
+  return jax.tree.map(lambda box: box.unbox(apply_constraint=False), _boxed_shapes(cfg),
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh):
@@ -51,7 +65,7 @@ def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Me
   """NamedShardings of every leaf of the TrainState: params by the rules table, optimizer moments like their
   params, scalars (step, counts) replicated."""
   param_sh = param_shardings(cfg, mesh)
-  abstract_params = jax.eval_shape(lambda r: nn.unbox(init_params_fn(cfg)(r)), jax.random.key(0))
+  abstract_params = _abstract_params(cfg)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   rep = mesh_lib.replicated(mesh)
   return TrainState(step=rep, params=param_sh, opt_state=opt_state_shardings(abstract_opt, abstract_params,
@@ -80,13 +94,17 @@ def opt_state_shardings(abstract_opt, abstract_params, param_sh, rep):
 
 def state_shapes(cfg: ModelConfig, tx: optax.GradientTransformation) -> TrainState:
   """ShapeDtypeStructs (no shardings) of every leaf of a fresh state, computed without allocating anything."""
-  return jax.eval_shape(lambda r: _fresh_state(cfg, tx, r), jax.random.key(0))
+  params = _abstract_params(cfg)
+  return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                    opt_state=jax.eval_shape(tx.init, params))
 
 
 def abstract_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
   """ShapeDtypeStructs with shardings: the restore target for checkpoints, and the planner's input."""
-  shapes = state_shapes(cfg, tx)
-  shardings = state_shardings(cfg, tx, mesh)
+  return with_shardings(state_shapes(cfg, tx), state_shardings(cfg, tx, mesh))
+
+
+def with_shardings(shapes: TrainState, shardings: TrainState) -> TrainState:
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
@@ -95,9 +113,9 @@ def _fresh_state(cfg: ModelConfig, tx, rng) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def create_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
-                 seed: int) -> Tuple[TrainState, TrainState]:
+def create_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, seed: int,
+                 shardings: Optional[TrainState] = None) -> Tuple[TrainState, TrainState]:
   """Initializes the state directly into its shardings (no host copy of the full model)."""
-  shardings = state_shardings(cfg, tx, mesh)
+  shardings = shardings or state_shardings(cfg, tx, mesh)
   init = jax.jit(lambda r: _fresh_state(cfg, tx, r), out_shardings=shardings)
   return init(jax.random.key(seed)), shardings
