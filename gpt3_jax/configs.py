@@ -9,6 +9,7 @@ notebook, a sweep driver) writes each run's own config.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Sequence
 
@@ -59,8 +60,16 @@ class ConfigBundle:
                        f"ModelConfig binding to take the tokenizer's)")
 
 
+def _quiet_search(record: logging.LogRecord) -> bool:
+  """Drops gin's 'Path not found' errors: it logs one for every search prefix an include is not under before it
+  finds the file under another (ours: the working directory, then the repository root)."""
+  return not (record.levelno == logging.ERROR and str(record.msg).startswith("Path not found"))
+
+
 def parse_and_build(gin_files: Sequence[str], bindings: Sequence[str]) -> ConfigBundle:
   """Parses gin files and bindings and builds the configs; any problem is a one-line ValueError."""
+  if _quiet_search not in logging.getLogger().filters:
+    logging.getLogger().addFilter(_quiet_search)
   gin.clear_config()
   for root in (os.getcwd(), REPO_ROOT):
     gin.add_config_file_search_path(root)

@@ -168,21 +168,19 @@ def fit_all(results: Dict[str, np.ndarray], budget: Optional[float] = None) -> d
 def plot(results: Dict[str, np.ndarray], fits: dict, out: str) -> Sequence[str]:
   """loss_vs_compute.png (the runs, the power law extrapolated to the budget) and loss_vs_params.png (loss against
   N per token budget, with the Chinchilla curves)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure  # no pyplot: no backend is chosen (scripts, notebooks)
   power, chin = PowerLaw(**fits["power_law"]), Chinchilla(**fits["chinchilla"])
   paths = [os.path.join(out, "loss_vs_compute.png"), os.path.join(out, "loss_vs_params.png")]
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4), layout="tight")
+  ax = fig.subplots()
   ax.scatter(results["flops"], results["loss"], c=np.log10(results["params"]), cmap="viridis", s=18)
   c = np.logspace(np.log10(results["flops"].min()), np.log10(fits["budget"]), 100)
   ax.plot(c, power(c), "k--", label=f"L = {power.a:.3g} C^{power.b:.3f}")
   ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="validation loss (nats/token)")
   ax.legend()
-  fig.tight_layout()
   fig.savefig(paths[0], dpi=120)
-  plt.close(fig)
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4), layout="tight")
+  ax = fig.subplots()
   n = np.logspace(np.log10(results["params"].min()) - 0.3, np.log10(results["params"].max()) + 0.3, 100)
   for d in np.unique(results["tokens"]):
     at = results["tokens"] == d
@@ -191,9 +189,7 @@ def plot(results: Dict[str, np.ndarray], fits: dict, out: str) -> Sequence[str]:
   ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="validation loss (nats/token)",
          title=f"E={chin.E:.2f} alpha={chin.alpha:.2f} beta={chin.beta:.2f}")
   ax.legend(fontsize=7)
-  fig.tight_layout()
   fig.savefig(paths[1], dpi=120)
-  plt.close(fig)
   return paths
 
 

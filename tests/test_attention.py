@@ -266,3 +266,40 @@ def test_splash_kernel_in_interpreter_equals_reference(window):
   q, k, v = (jax.random.normal(key, (1, 256, 2, 128)) for key in keys)  # splash blocks: multiples of 128
   out = attention.splash_attention(q, k, v, window=window, interpret=True)
   np.testing.assert_allclose(out, attention.xla_attention(q, k, v, window=window), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_recorded_attention_weights_match_numpy(scan):
+  """attention_maps.attention_weights: layer 0's weights against NumPy from the parameters, every layer's rows
+  sum to 1 inside its band and are 0 outside it, layers in depth order, and the logits are unchanged."""
+  from gpt3_jax.inference.attention_maps import attention_weights
+  from gpt3_jax.model.transformer import unboxed_params
+  cfg = ModelConfig(vocab_size=64, n_ctx=16, d_model=32, n_layers=4, n_heads=2, d_head=16,
+                    attention_pattern="alternating", local_window=4, scan_layers=scan, attention_block=8)
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
+  params = unboxed_params(GPT(cfg).init(jax.random.key(0), tokens))
+  weights = attention_weights(cfg, params, tokens)
+  assert weights.shape == (4, 2, 2, 16, 16)
+  t = np.arange(16)
+  for layer, window in enumerate(cfg.layer_windows):
+    visible = np.asarray(attention.band_mask(t, t, window))
+    np.testing.assert_allclose(weights[layer].sum(-1), 1.0, atol=1e-5)
+    assert np.all(weights[layer][..., ~visible] == 0) and np.all(weights[layer][..., visible] > 0)
+
+  # Layer 0 by hand: embeddings, ln_1, the query / key projections, a causal softmax.
+  p = jax.tree.map(np.asarray, params)
+  layer0 = jax.tree.map(lambda x: x[0], p["layers"]) if scan else p["layers_0"]
+  attn, ln = layer0["dense"]["attention"], layer0["dense"]["ln_1"]
+  x = p["wte"][np.asarray(tokens)] + p["wpe"][:16]
+  x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + cfg.layer_norm_epsilon)
+  x = x * ln["scale"] + ln["bias"]
+  qkv = np.einsum("btd,dshk->btshk", x, attn["qkv_kernel"]) + attn["qkv_bias"]
+  logits = np.einsum("bqhd,bkhd->bhqk", qkv[:, :, 0], qkv[:, :, 1]) / np.sqrt(cfg.d_head)
+  logits = np.where(np.tril(np.ones((16, 16), bool)), logits, -np.inf)
+  expect = np.exp(logits - logits.max(-1, keepdims=True))
+  np.testing.assert_allclose(weights[0], expect / expect.sum(-1, keepdims=True), atol=2e-5)
+
+  # Recording changes nothing the model computes.
+  plain = GPT(cfg).apply({"params": params}, tokens)
+  recorded, _ = GPT(cfg).apply({"params": params}, tokens, mutable=["intermediates"])
+  np.testing.assert_array_equal(np.asarray(plain), np.asarray(recorded))

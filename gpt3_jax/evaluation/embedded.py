@@ -8,7 +8,7 @@ The first DEMO_FRACTION of them form the demonstration split.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -46,13 +46,15 @@ def examples_from_texts(texts: List[str], *, max_examples: int = MAX_EXAMPLES, s
   return out
 
 
-def validation_texts(data_dir: Optional[str] = None) -> List[str]:
-  """The embedded corpus's validation documents (prepared into the data cache on first use)."""
+def validation_texts(data_dir: Optional[str] = None, paths: Sequence[str] = (),
+                     validation_fraction: Optional[float] = None) -> List[str]:
+  """The validation documents of a text-files corpus: `paths` (default: the embedded stdlib corpus), prepared
+  into the data cache `data_dir` on first use (the split training holds out, so a trained model never saw them)."""
   from gpt3_jax.data import sources
   from gpt3_jax.data.corpus import DataConfig
   cfg = DataConfig() if data_dir is None else DataConfig(data_dir=data_dir)
-  prepared = sources.prepare_text_source(sources.SourceConfig(name="text", kind="text_files"), cfg.data_dir,
-                                         cfg.validation_fraction)
+  prepared = sources.prepare_text_source(sources.SourceConfig(name="text", kind="text_files", paths=tuple(paths)),
+                                         cfg.data_dir, validation_fraction or cfg.validation_fraction)
   texts = []
   for i in range(len(prepared.validation)):
     text = prepared.validation[i]["text"]

@@ -7,13 +7,14 @@ Reads the newest checkpoint of a training run or a Hugging Face import written b
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import jax
+import numpy as np
 
 from gpt3_jax import workdir as workdir_lib
 from gpt3_jax.data.tokenizer import TextTokenizer, load_tokenizer
-from gpt3_jax.inference import sampling, scoring
+from gpt3_jax.inference import attention_maps, sampling, scoring
 from gpt3_jax.model.config import ModelConfig
 
 
@@ -36,6 +37,14 @@ class Session:
     # The leading end-of-text token is context only: report the text's own tokens.
     return [{"text": t, "tokens": r["tokens"][1:], "logprobs": r["logprobs"], "total": r["total"]}
             for t, r in zip(texts, rows)]
+
+  def attention(self, text: str) -> Tuple[List[str], np.ndarray]:
+    """The pieces of [end-of-text] + `text` and every layer's attention weights over them [n_layers, H, T, T]."""
+    ids = [self.tokenizer.eot_id] + self.tokenizer.encode(text)
+    if len(ids) > self.cfg.n_ctx:
+      raise ValueError(f"{len(ids)} tokens exceed the model's n_ctx={self.cfg.n_ctx}; use a shorter text")
+    pieces = ["<eot>"] + [self.tokenizer.decode([i]) for i in ids[1:]]
+    return pieces, attention_maps.attention_weights(self.cfg, self.params, [ids])[:, 0]
 
 
 def load(workdir: str, tokenizer_path: Optional[str] = None) -> Session:

@@ -56,6 +56,17 @@ def _attention_core(q, k, v, mask):
   return out / jnp.sum(weights, axis=-1, keepdims=True)
 
 
+def attention_probabilities(q, k, window: Optional[int]) -> jax.Array:
+  """The softmax weights [B, H, T, T] (float32) of self-attention over a whole sequence; q, k: [B, T, H, D].
+
+  What the model's `intermediates` collection records for inspection (gpt3_jax/inference/attention_maps.py);
+  training never computes it (the block-sparse product never forms the full matrix)."""
+  t = q.shape[1]
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q * q.shape[-1] ** -0.5, k, preferred_element_type=jnp.float32)
+  logits = jnp.where(band_mask(jnp.arange(t), jnp.arange(t), window), logits, _MASK_VALUE)
+  return jax.nn.softmax(logits, axis=-1)
+
+
 def key_block_start(q_start: int, window: Optional[int], block: int) -> int:
   """First key (a multiple of `block`) that any query in [q_start, q_start + block) can see."""
   return 0 if window is None else max(0, (q_start - window + 1) // block) * block
@@ -204,6 +215,8 @@ class SelfAttention(nn.Module):
       y = self._cached_attention(q, k, v, positions)
     else:
       y = attend(q, k, v, window=self.window, impl=cfg.attention_impl, block=cfg.attention_block)
+      if self.is_mutable_collection("intermediates"):  # only when asked for (apply(..., mutable=[...]))
+        self.sow("intermediates", "attention_weights", attention_probabilities(q, k, self.window))
     y = checkpoint_name(y, "attention_context")
     out = jnp.einsum("bthk,hkd->btd", y, w_out.astype(dtype)) + b_out.astype(dtype)
     if (d := lora.delta(self, cfg, "attn_out", y, ("heads", "kv"), ("embed",), (cfg.n_heads, cfg.d_head),

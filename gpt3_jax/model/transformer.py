@@ -136,7 +136,8 @@ class GPT(nn.Module):
       unit = nn.remat(unit, policy=policy, prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       self.layers = nn.scan(
-          unit, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+          unit, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+          split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
           length=num_units(cfg), unroll=min(cfg.scan_unroll, num_units(cfg)),
           metadata_params={nn.PARTITION_NAME: "layers"})(
               cfg, self.decode, name="layers")

@@ -22,7 +22,7 @@ def rows(study, cfg: SweepConfig) -> List[Dict[str, object]]:
     row = {"trial": t.number, "state": t.state.name.lower(), cfg.metric: t.value if t.value is not None else ""}
     row.update({name: t.params.get(name, "") for name in cfg.space})
     row.update({c: t.user_attrs.get(c, "") for c in SIZE_COLUMNS})
-    row["loss"] = metrics.get("loss", row.get("loss", ""))
+    row["loss"] = metrics.get("loss", "")
     row["workdir"] = t.user_attrs.get("workdir", "")
     out.append(row)
   return out
@@ -76,39 +76,28 @@ def hparams(study, cfg: SweepConfig) -> List[str]:
 
 
 def _curves(workdir: str):
-  train, evaluation = {}, {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isfile(path):
-    return train, evaluation
-  with open(path) as f:
-    for line in f:
-      row = json.loads(line)
-      if row.get("split") == "train" and "loss" in row:
-        train[row["step"]] = row["loss"]
-      elif row.get("split") == "eval" and "loss" in row:
-        evaluation[row["step"]] = row["loss"]
-  return train, evaluation
+  from gpt3_jax.training.metrics import read_metrics
+  metrics = read_metrics(workdir)
+  return tuple(dict(zip(*metrics.get(split, {}).get("loss", ([], [])))) for split in ("train", "eval"))
 
 
 def plot(study, cfg: SweepConfig, sweep_dir: str, table) -> List[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure  # no pyplot: no backend is chosen (workers, notebooks)
   paths = []
   done = [r for r in table if r["state"] == "complete"]
   for name in cfg.space:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5), layout="tight")
+    ax = fig.subplots()
     numeric = all(isinstance(r[name], (int, float)) for r in done)
     xs = [r[name] if numeric else str(r[name]) for r in done]
     ax.scatter(xs, [r[cfg.metric] for r in done])
     if numeric and cfg.space[name][0] == "log":
       ax.set_xscale("log")
     ax.set(xlabel=name, ylabel=cfg.metric, title=f"{len(done)} finished trials")
-    fig.tight_layout()
     paths.append(os.path.join(sweep_dir, f"objective_vs_{name.replace('.', '_')}.png"))
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4), layout="tight")
+  ax = fig.subplots()
   for r in table:
     train, evaluation = _curves(str(r["workdir"])) if r["workdir"] else ({}, {})
     if train:
@@ -117,23 +106,20 @@ def plot(study, cfg: SweepConfig, sweep_dir: str, table) -> List[str]:
         ax.plot(list(evaluation), list(evaluation.values()), "o", color=line[0].get_color(), ms=3)
   ax.set(xlabel="step", ylabel="loss (lines: train, dots: validation)", yscale="log")
   ax.legend(fontsize=6, ncol=2)
-  fig.tight_layout()
   paths.append(os.path.join(sweep_dir, "learning_curves.png"))
   fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
   lr = "OptimizerConfig.peak_learning_rate"
   if lr in cfg.space and done:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5), layout="tight")
+    ax = fig.subplots()
     for size in sorted({r["params"] for r in done}, key=lambda x: float(x or 0)):
       at = sorted((r for r in done if r["params"] == size), key=lambda r: r[lr])
       label = f"N = {float(size):.3g}" if size != "" else "N = ?"
       ax.plot([r[lr] for r in at], [r["loss"] for r in at], "o-", label=label)
     ax.set(xscale="log", xlabel="peak learning rate", ylabel="validation loss", title="loss against learning rate")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     paths.append(os.path.join(sweep_dir, "loss_vs_lr.png"))
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
   return paths
 
 

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 from absl import logging
 
@@ -16,6 +16,26 @@ def format_duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def read_metrics(workdir: str) -> Dict[str, Dict[str, Tuple[List[int], List[float]]]]:
+  """metrics.jsonl of `workdir` as {split: {metric: (steps, values)}} in step order; a step written twice (a run
+  resumed from an earlier checkpoint) keeps its last value. Empty when the run has written nothing."""
+  by_step: Dict[str, Dict[str, Dict[int, float]]] = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      row = json.loads(line)
+      split = by_step.setdefault(row.pop("split", "train"), {})
+      step = row.pop("step")
+      for key, value in row.items():
+        split.setdefault(key, {})[step] = value
+  return {split: {key: (sorted(v), [v[s] for s in sorted(v)]) for key, v in metrics.items()}
+          for split, metrics in by_step.items()}
 
 
 class MetricsLogger:
