@@ -94,6 +94,46 @@ def test_the_median_pruner_stops_a_trial_that_falls_behind(tiny_text_dir, tiny_d
   assert states == [(1e-2, "COMPLETE"), (1e-2, "COMPLETE"), (1e-7, "PRUNED")], states
 
 
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_with_its_error_and_the_sweep_goes_on(tiny_text_dir, tiny_data_dir, tmp_path):
+  """A trial that fails at run time (here: it starts from a run that does not exist) is FAIL with its one-line
+  error in the study and the results table; the next trial still runs and the worker exits 0."""
+  space = {"TrainConfig.init_from": ("choice", (str(tmp_path / "no_such_run"), ""))}
+  gin = _gin(tmp_path, tiny_text_dir, tiny_data_dir, space, n_trials=2, sampler="grid", pruner="none")
+  sweep_dir = str(tmp_path / "sweep")
+  study = study_lib.open_study(SweepConfig(space=space, sampler="random"), sweep_dir)
+  for value in (str(tmp_path / "no_such_run"), ""):
+    study.enqueue_trial({"TrainConfig.init_from": value})
+  out = _finish(_worker(gin, sweep_dir))
+  trials = _study(sweep_dir).trials
+  assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"], [t.state.name for t in trials]
+  assert "no_such_run" in trials[0].user_attrs["error"] and "\n" not in trials[0].user_attrs["error"]
+  assert "2 trials (1 complete, 1 fail)" in out, out
+  with open(os.path.join(sweep_dir, "results.csv")) as f:
+    table = list(csv.DictReader(f))
+  assert [r["state"] for r in table] == ["fail", "complete"]
+  assert table[0]["error"] == trials[0].user_attrs["error"] and table[1]["error"] == ""
+
+
+@pytest.mark.slow
+def test_workers_on_one_machine_split_its_cores(tiny_text_dir, tiny_data_dir, tmp_path):
+  """SweepConfig.workers = 2: one command starts two workers on one study, each pinned to its own cores; each
+  runs its n_trials."""
+  cores = sorted(os.sched_getaffinity(0))
+  if len(cores) < 2:
+    pytest.skip("needs 2 CPU cores")
+  gin = _gin(tmp_path, tiny_text_dir, tiny_data_dir, {"OptimizerConfig.peak_learning_rate": ("log", 1e-3, 1e-2)},
+             n_trials=1, sampler="random", pruner="none", workers=2)
+  sweep_dir = str(tmp_path / "sweep")
+  out = _finish(_worker(gin, sweep_dir))
+  assert out.count("sweep worker ") == 2, out
+  trials = _study(sweep_dir).trials
+  assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+  shares = [set(t.user_attrs["cpus"]) for t in trials]
+  assert not shares[0] & shares[1] and shares[0] | shares[1] == set(cores), shares
+  assert "2 trials (2 complete)" in out.splitlines()[-3], out
+
+
 def test_bad_sweeps_are_one_line_errors_with_the_password_redacted(tiny_text_dir, tiny_data_dir, tmp_path):
   url = "postgresql://sweeper:s3cret@127.0.0.1:1/studies"
   assert study_lib.redact(url) == "postgresql://sweeper:***@127.0.0.1:1/studies"

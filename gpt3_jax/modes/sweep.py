@@ -10,7 +10,16 @@ from typing import Sequence
 def run(bundle, workdir: str, gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   import os
   from gpt3_jax.sweep import study as study_lib
-  study = study_lib.run(bundle.sweep, gin_files, bindings, workdir)
+  if bundle.sweep.workers > 1:  # this command N times, each with its share of the devices, on one study
+    from gpt3_jax.sweep import launch
+    study_lib.check(bundle.sweep, gin_files, bindings)  # a bad space fails once, here, not in every worker
+    study_lib.open_study(bundle.sweep, workdir)  # created before the workers race to create it
+    code = launch.run_workers(bundle.sweep.workers)
+    if code:
+      raise SystemExit(code)
+    study = study_lib.open_study(bundle.sweep, workdir)
+  else:
+    study = study_lib.run(bundle.sweep, gin_files, bindings, workdir)
   print("=" * 72)
   print(f"sweep {bundle.sweep.study_name!r} ({study_lib.redact(study_lib.storage_url(bundle.sweep, workdir))}): "
         f"{study_lib.summary_line(study)}")

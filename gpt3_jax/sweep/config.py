@@ -31,6 +31,8 @@ class SweepConfig:
     heartbeat_s: a running trial's heartbeat; a trial silent for 3 heartbeats (its worker died) is failed and
       re-run, resuming from its checkpoints, by the next worker that starts a trial.
     seed: the samplers' seed (trial n draws with seed + n, so workers draw distinct values).
+    workers: worker processes this command starts on this machine, each with its share of the devices
+      (gpt3_jax/sweep/launch.py: a CPU's cores split between them, or one GPU each); each runs n_trials trials.
   """
 
   space: Optional[Dict[str, Tuple[Any, ...]]] = None
@@ -43,12 +45,13 @@ class SweepConfig:
   study_name: str = "sweep"
   heartbeat_s: int = 10
   seed: int = 0
+  workers: int = 1
 
   def __post_init__(self):
     if self.space is not None:
       object.__setattr__(self, "space", {k: tuple(v) for k, v in dict(self.space).items()})
     from gpt3_jax.config_types import check_choice
-    for name in ("n_trials", "heartbeat_s"):
+    for name in ("n_trials", "heartbeat_s", "workers"):
       if getattr(self, name) <= 0:
         raise ValueError(f"SweepConfig.{name} must be positive, got {getattr(self, name)}")
     check_choice("SweepConfig", "direction", self.direction, DIRECTIONS)

@@ -23,13 +23,14 @@ def rows(study, cfg: SweepConfig) -> List[Dict[str, object]]:
     row.update({name: t.params.get(name, "") for name in cfg.space})
     row.update({c: t.user_attrs.get(c, "") for c in SIZE_COLUMNS})
     row["loss"] = metrics.get("loss", "")
+    row["error"] = t.user_attrs.get("error", "")
     row["workdir"] = t.user_attrs.get("workdir", "")
     out.append(row)
   return out
 
 
 def _fmt(value) -> str:
-  return f"{value:.4g}" if isinstance(value, float) else str(value)
+  return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
 
 
 def write(study, cfg: SweepConfig, sweep_dir: str, plots: bool = False) -> List[str]:

@@ -15,6 +15,7 @@ from typing import List, Sequence
 
 from absl import logging
 
+from gpt3_jax.errors import one_line
 from gpt3_jax.sweep.config import SweepConfig
 
 MAX_RETRY = 3  # a trial whose worker died is re-run at most this often
@@ -161,8 +162,16 @@ def run_trial(trial, cfg: SweepConfig, gin_files: Sequence[str], bindings: Seque
   bundle.check_vocab()
   workdir = trial_dir(sweep_dir, trial)
   trial.set_user_attr("workdir", workdir)
-  result = trainer.train(bundle.model, bundle.data, bundle.optimizer, bundle.mesh, bundle.train, workdir,
-                         operative_config=bundle.operative_config, extra_hooks=[ReportToTrial(trial, cfg.metric)])
+  trial.set_user_attr("cpus", sorted(os.sched_getaffinity(0)))  # this worker's share (sweep/launch.py)
+  try:
+    result = trainer.train(bundle.model, bundle.data, bundle.optimizer, bundle.mesh, bundle.train, workdir,
+                           operative_config=bundle.operative_config, extra_hooks=[ReportToTrial(trial, cfg.metric)])
+  except Exception as e:  # pylint: disable=broad-except  (recorded; the sweep goes on: see run())
+    import optuna
+    if not isinstance(e, optuna.TrialPruned):
+      trial.set_user_attr("error", one_line(e))
+      logging.warning("trial %d failed: %s", trial.number, one_line(e))
+    raise
   if result.preempted:  # SIGTERM: checkpoint saved; leave the trial running so a worker resumes it
     logging.warning("worker preempted during trial %d; run the sweep again to resume it", trial.number)
     sys.exit(143)
@@ -198,8 +207,10 @@ def run(cfg: SweepConfig, gin_files: Sequence[str], bindings: Sequence[str], swe
   logging.info("sweep %r in %s: %d trials so far", cfg.study_name, redact(storage_url(cfg, sweep_dir)),
                len(study.trials))
   optuna.logging.set_verbosity(optuna.logging.WARNING)
+  # A trial that fails (diverges, runs out of memory, refuses its input) is recorded FAIL with its one-line error
+  # and the sweep goes on; a preempted worker (SystemExit) stops.
   study.optimize(lambda trial: run_trial(trial, cfg, gin_files, bindings, sweep_dir), n_trials=cfg.n_trials,
-                 callbacks=[lambda study, trial: results.write(study, cfg, sweep_dir)])
+                 callbacks=[lambda study, trial: results.write(study, cfg, sweep_dir)], catch=(Exception,))
   results.write(study, cfg, sweep_dir, plots=True)
   return study
 
