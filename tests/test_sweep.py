@@ -150,6 +150,30 @@ def test_bad_sweeps_are_one_line_errors_with_the_password_redacted(tiny_text_dir
   assert "s3cret" not in out + err
 
 
+def test_a_storage_password_from_the_environment_or_a_file_stays_out_of_configs_and_errors(monkeypatch,
+                                                                                          tmp_path):
+  """${NAME} and ?password_file=PATH put the password into the connection only: the URL as written (in gin, the
+  operative config, logs) holds none, and a failed connection's error shows neither the password nor the URL
+  with it."""
+  monkeypatch.setenv("SWEEP_TEST_PW", "env-s3cret/+")
+  (tmp_path / "pw").write_text("file-s3cret\n")
+  url, secrets = study_lib.resolve_storage("postgresql://sweeper:${SWEEP_TEST_PW}@127.0.0.1:1/studies")
+  assert url == "postgresql://sweeper:env-s3cret%2F%2B@127.0.0.1:1/studies" and secrets == ["env-s3cret/+"]
+  url, secrets = study_lib.resolve_storage(f"postgresql://sweeper@127.0.0.1:1/studies?password_file={tmp_path}/pw")
+  assert url == "postgresql://sweeper:file-s3cret@127.0.0.1:1/studies" and secrets == ["file-s3cret"]
+  assert study_lib.resolve_storage("sqlite:///x.db") == ("sqlite:///x.db", [])
+  for written in ("postgresql://sweeper:${SWEEP_TEST_PW}@127.0.0.1:1/studies",
+                  f"postgresql://sweeper@127.0.0.1:1/studies?password_file={tmp_path}/pw"):
+    with pytest.raises(ValueError, match="cannot open the sweep storage") as e:
+      study_lib.open_study(SweepConfig(storage=written, space={"ModelConfig.d_model": ("choice", (32,))}),
+                           str(tmp_path))
+    assert "s3cret" not in str(e.value) and "\n" not in str(e.value), str(e.value)
+  with pytest.raises(ValueError, match=r"names \$\{SWEEP_NO_SUCH_VAR\} but the environment does not set"):
+    study_lib.resolve_storage("postgresql://u:${SWEEP_NO_SUCH_VAR}@127.0.0.1:1/db")
+  with pytest.raises(ValueError, match="cannot read password_file"):
+    study_lib.resolve_storage(f"postgresql://u@127.0.0.1:1/db?password_file={tmp_path}/missing")
+
+
 @pytest.mark.slow
 def test_a_trial_whose_worker_was_killed_is_rerun_and_resumes_its_checkpoint(tiny_text_dir, tiny_data_dir,
                                                                               tmp_path):

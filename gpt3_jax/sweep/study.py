@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from absl import logging
 
@@ -37,6 +37,38 @@ def redact(url: str) -> str:
     return url.split("://", 1)[0] + "://***"
 
 
+def resolve_storage(url: str) -> Tuple[str, List[str]]:
+  """(the URL to connect with, its secrets): `${NAME}` replaced by the environment variable NAME, and a
+  `password_file=PATH` query parameter read into the password. Configs, logs and result tables keep the URL as
+  written, so a password given this way is never in them; the secrets are scrubbed from driver errors."""
+  import re
+  import urllib.parse
+  secrets: List[str] = []
+
+  def from_env(match) -> str:
+    name = match.group(1)
+    if name not in os.environ:
+      raise ValueError(f"SweepConfig.storage names ${{{name}}} but the environment does not set {name}; export "
+                       f"it, or put the password in a file and add ?password_file=PATH to the URL")
+    secrets.append(os.environ[name])
+    return urllib.parse.quote(os.environ[name], safe="")
+
+  url = re.sub(r"\$\{(\w+)\}", from_env, url)
+  if "password_file=" in url:
+    from sqlalchemy.engine import make_url
+    parsed = make_url(url)
+    path = parsed.query["password_file"]
+    try:
+      with open(path, encoding="utf-8") as f:
+        password = f.read().strip()
+    except OSError as e:
+      raise ValueError(f"SweepConfig.storage: cannot read password_file {path!r} ({e.strerror})") from None
+    secrets.append(password)
+    url = parsed.difference_update_query(["password_file"]).set(password=password).render_as_string(
+        hide_password=False)
+  return url, [s for s in secrets if s]
+
+
 def _engine_kwargs(url: str) -> dict:
   """SQLite lets one writer in at a time and makes the others wait 5 s by default before 'database is locked';
   workers on a busy machine (heartbeats, trial updates, result tables) wait longer."""
@@ -50,7 +82,8 @@ def open_study(cfg: SweepConfig, sweep_dir: str):
   import optuna
   # Heartbeats and their retry callback are marked experimental (stable since Optuna 2.8); say it once, in the docs.
   warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-  url = storage_url(cfg, sweep_dir)
+  written = storage_url(cfg, sweep_dir)
+  url, secrets = resolve_storage(written)
   if url.startswith("sqlite:///"):
     os.makedirs(os.path.dirname(url[len("sqlite:///"):]), exist_ok=True)
   for attempt in range(OPEN_ATTEMPTS):
@@ -65,9 +98,11 @@ def open_study(cfg: SweepConfig, sweep_dir: str):
       if any(m in str(e) for m in SCHEMA_RACES) and attempt + 1 < OPEN_ATTEMPTS:
         time.sleep(0.5 * (attempt + 1))
         continue
-      message = str(e).replace(url, redact(url)).splitlines()[0][:200]
-      raise ValueError(f"cannot open the sweep storage {redact(url)} ({type(e).__name__}: {message}); check "
-                       f"SweepConfig.storage") from None
+      message = str(e).replace(url, redact(written))
+      for secret in secrets:
+        message = message.replace(secret, "***")
+      raise ValueError(f"cannot open the sweep storage {redact(written)} ({type(e).__name__}: "
+                       f"{message.splitlines()[0][:200]}); check SweepConfig.storage") from None
   pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
             "hyperband": lambda: optuna.pruners.HyperbandPruner(),
             "none": lambda: optuna.pruners.NopPruner()}[cfg.pruner]()
