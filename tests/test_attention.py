@@ -303,3 +303,15 @@ def test_recorded_attention_weights_match_numpy(scan):
   plain = GPT(cfg).apply({"params": params}, tokens)
   recorded, _ = GPT(cfg).apply({"params": params}, tokens, mutable=["intermediates"])
   np.testing.assert_array_equal(np.asarray(plain), np.asarray(recorded))
+
+
+def test_initialization_never_calls_a_kernel_with_a_shape_it_cannot_take():
+  """The splash kernel needs 128-token query blocks (and a TPU): the parameters' specs, shapes and values come from
+  the portable path, identical to the xla model's."""
+  from gpt3_jax.training import train_state
+  cfg = ModelConfig(vocab_size=64, n_ctx=256, d_model=32, n_layers=2, n_heads=2, d_head=16,
+                    attention_pattern="alternating", local_window=128)
+  splash = cfg.replace(attention_impl="splash")
+  assert train_state.param_logical_specs(splash) == train_state.param_logical_specs(cfg)
+  a, b = (train_state.host_params(c, seed=0) for c in (splash, cfg))
+  assert jax.tree.all(jax.tree.map(np.array_equal, a, b))

@@ -26,8 +26,11 @@ class TrainState:
 
 
 def init_params_fn(cfg: ModelConfig):
-  """rng -> boxed params (LogicallyPartitioned leaves)."""
-  model = GPT(cfg)
+  """rng -> boxed params (LogicallyPartitioned leaves).
+
+  The parameters do not depend on the attention kernel, so initialization always traces the portable one: a
+  kernel's shape limits (splash's 128-token query blocks) never meet the short init dummy."""
+  model = GPT(cfg.replace(attention_impl="xla"))
   dummy = jnp.zeros((1, min(cfg.n_ctx, 8)), jnp.int32)
   return lambda rng: model.init(rng, dummy)["params"]
 
@@ -37,7 +40,8 @@ def _boxed_shapes(cfg: ModelConfig):
   """The params' ShapeDtypeStructs in their logical-partitioning boxes: one trace of the model's init per config
   (set-up asks for specs, shapes and shardings several times; each trace of the model costs about a second on a
   CPU)."""
-  return jax.eval_shape(init_params_fn(cfg), jax.random.key(0))
+  init = init_params_fn(cfg)
+  return jax.eval_shape(lambda: init(jax.random.key(0)))  # the key is traced too: no device work at all
 
 
 def param_logical_specs(cfg: ModelConfig):
