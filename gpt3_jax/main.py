@@ -81,6 +81,8 @@ flags.DEFINE_float("plan_mfu", 0.4, "plan: assumed model FLOPs utilization for t
 flags.DEFINE_float("plan_chip_memory_gb", None, "plan: memory per chip in GB (default: the chip's, see planner).")
 flags.DEFINE_bool("plan_compile", False, "plan: also compile the real train step ahead of time on that many "
                   "fake CPU devices (<= 64) and report XLA's memory analysis.")
+flags.DEFINE_string("plan_topology", None, "plan: compile the real train step for this TPU slice, e.g. v5e:2x2 or "
+                    "v5p:4x4x4, on abstract chips (needs libtpu: the tpu extra); sets the chip and device count.")
 FLAGS = flags.FLAGS
 
 

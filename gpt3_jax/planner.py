@@ -15,11 +15,7 @@ Memory model per device (bytes), for the configured remat policy:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import subprocess
-import sys
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -38,7 +34,6 @@ from gpt3_jax.training import train_state
 # Memory per chip in GB (HBM; 1 GB = 1e9 bytes). A100 / H100 in their 80 GB versions.
 CHIP_MEMORY_GB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "a100": 80, "h100": 80, "h200": 141}
 USABLE_MEMORY_FRACTION = 0.9
-MAX_COMPILE_DEVICES = 64  # --plan_compile simulates the mesh with this many forced CPU devices at most
 
 
 def count_abstract_params(cfg: ModelConfig) -> int:
@@ -236,9 +231,15 @@ def resolve_plan_mesh(mesh_shape: Sequence[int], num_devices: Optional[int]) -> 
 def plan_report(cfg: ModelConfig, *, mesh_shape: Sequence[int] = (-1, 1, 1), num_devices: Optional[int] = None,
                 chip: str = "h100", global_batch: int = 8, seq_len: Optional[int] = None,
                 num_microbatches: int = 1, mfu: float = 0.4, chip_memory_gb: Optional[float] = None,
-                compile: bool = False, optimizer: Optional[optimizer_lib.OptimizerConfig] = None
-                ) -> Dict[str, Any]:
-  """Everything `--mode=plan` prints, as one JSON-serializable dict (counts and FLOPs stay at the top level)."""
+                compile: bool = False, optimizer: Optional[optimizer_lib.OptimizerConfig] = None,
+                topology: Optional[str] = None) -> Dict[str, Any]:
+  """Everything `--mode=plan` prints, as one JSON-serializable dict (counts and FLOPs stay at the top level).
+
+  `topology` (e.g. 'v5e:2x2', gpt3_jax/plan_compile.py) compiles the real step for that TPU slice: the chip and
+  the device count come from it."""
+  if topology:
+    from gpt3_jax import plan_compile
+    chip, num_devices = plan_compile.parse_topology(topology)
   counts = param_counts(cfg)
   stored = count_abstract_params(cfg)
   if stored != param_counts(cfg, padded=True)["params"]:
@@ -282,32 +283,11 @@ def plan_report(cfg: ModelConfig, *, mesh_shape: Sequence[int] = (-1, 1, 1), num
       "step_seconds": step_s, "tokens_per_day": tokens_step / step_s * 86400.0,
       "memory": memory, "fits": memory["fits"], "suggestion": suggestion, "min_devices_to_fit": needed,
   }
-  if compile:
-    report["compiled"] = compile_memory(cfg, shape, global_batch, seq_len, num_microbatches)
+  if compile or topology:
+    from gpt3_jax import plan_compile
+    report["compiled"] = plan_compile.compile_memory(cfg, shape, global_batch, seq_len, num_microbatches,
+                                                     topology=topology)
   return report
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# --plan_compile: XLA's own numbers on fake CPU devices
-
-
-def compile_memory(cfg: ModelConfig, mesh_shape: Sequence[int], global_batch: int, seq_len: int,
-                   num_microbatches: int, timeout_s: float = 600) -> Dict[str, Any]:
-  """Lowers and compiles the real train step ahead of time on math.prod(mesh_shape) forced CPU devices (in a
-  subprocess, so the device count can be set) from ShapeDtypeStructs: nothing is allocated. Returns XLA's
-  per-device memory_analysis() in bytes and the compile time, or {'skipped': reason}."""
-  n = math.prod(mesh_shape)
-  if n > MAX_COMPILE_DEVICES:
-    return {"skipped": f"{n} devices > {MAX_COMPILE_DEVICES}: too many to simulate on CPU"}
-  request = {"model": dataclasses.asdict(cfg), "mesh": list(mesh_shape), "global_batch": global_batch,
-             "seq_len": seq_len, "num_microbatches": num_microbatches}
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-  out = subprocess.run([sys.executable, "-m", "gpt3_jax.planner", json.dumps(request)], capture_output=True,
-                       text=True, env=env, timeout=timeout_s)
-  if out.returncode != 0:
-    lines = out.stderr.strip().splitlines()
-    return {"skipped": f"compilation failed: {lines[-1] if lines else out.returncode}"}
-  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _gb(x: float) -> str:
@@ -361,37 +341,35 @@ def format_report(report: Dict[str, Any]) -> str:
                f"{report['step_seconds']:.4g} s per step, {report['tokens_per_day'] / 1e9:,.3f}B tokens per day")
   compiled = report.get("compiled")
   if compiled:
-    if "skipped" in compiled:
-      lines.append(f"XLA compile: skipped ({compiled['skipped']})")
-    else:
-      lines.append(f"XLA compile on {compiled['devices']} fake CPU devices in {compiled['compile_seconds']:.1f} s, "
-                   f"per device: arguments {_gb(compiled['argument_bytes'])}, temporaries "
-                   f"{_gb(compiled['temp_bytes'])}, outputs {_gb(compiled['output_bytes'])} (aliased "
-                   f"{_gb(compiled['alias_bytes'])}); peak ~ {_gb(compiled['peak_bytes'])} vs estimate "
-                   f"{_gb(mem['total_bytes'][policy])}")
+    lines.extend(format_compiled(report, compiled))
   return "\n".join(lines)
 
 
-def _compile_in_this_process(request: Dict[str, Any]) -> Dict[str, Any]:
-  """The subprocess side of compile_memory: this process has exactly math.prod(mesh) (fake) devices."""
-  import time
-  from gpt3_jax.training import assembly
-  cfg = ModelConfig(**request["model"])
-  mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=tuple(request["mesh"])))
-  asm = assembly.assemble(cfg, optimizer_lib.OptimizerConfig(), mesh, seq_len=request["seq_len"],
-                          num_microbatches=request["num_microbatches"])
-  with asm.activate():
-    start = time.perf_counter()
-    compiled = asm.compile_train_step(request["global_batch"])
-    seconds = time.perf_counter() - start
-  m = compiled.memory_analysis()
-  out = {"devices": len(jax.devices()), "compile_seconds": seconds,
-         "argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
-         "alias_bytes": m.alias_size_in_bytes, "temp_bytes": m.temp_size_in_bytes,
-         "generated_code_bytes": m.generated_code_size_in_bytes}
-  out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
-  return out
-
-
-if __name__ == "__main__":
-  print(json.dumps(_compile_in_this_process(json.loads(sys.argv[1]))))
+def format_compiled(report: Dict[str, Any], compiled: Dict[str, Any]) -> list:
+  """The XLA compile's lines: per-chip memory against the estimate and the chip, FLOPs against the formula."""
+  if "skipped" in compiled:
+    return [f"XLA compile: skipped ({compiled['skipped']})"]
+  mem, policy = report["memory"], report["remat_policy"]
+  where = (f"{compiled['devices']} abstract {compiled['topology']} TPU chips" if compiled.get("topology")
+           else f"{compiled['devices']} fake CPU devices")
+  lines = [f"XLA compile on {where} in {compiled['compile_seconds']:.1f} s, per device: arguments "
+           f"{_gb(compiled['argument_bytes'])} (planner's state {_gb(compiled['planned_state_bytes'])}), "
+           f"temporaries {_gb(compiled['temp_bytes'])}, outputs {_gb(compiled['output_bytes'])} (aliased "
+           f"{_gb(compiled['alias_bytes'])}); peak ~ {_gb(compiled['peak_bytes'])} vs estimate "
+           f"{_gb(mem['total_bytes'][policy])} ({compiled['peak_bytes'] / mem['total_bytes'][policy] - 1:+.0%})"]
+  if compiled.get("flops"):
+    planned = report["flops_per_step"] / report["devices"]
+    note = (" (a scanned layer stack's loop body is counted once: ModelConfig.scan_layers=False gives the whole "
+            "count)" if compiled.get("scanned") else "")
+    lines.append(f"XLA FLOPs per device per step {compiled['flops']:.4g} vs the formula's {planned:.4g} "
+                 f"({compiled['flops'] / planned - 1:+.0%}){note}")
+  if compiled.get("topology"):
+    hbm = report["chip_memory_gb"] * 1e9
+    if compiled["peak_bytes"] <= hbm:
+      lines.append(f"compiled FITS: {_gb(compiled['peak_bytes'])} of {_gb(hbm)} HBM per chip")
+    else:
+      s = report["suggestion"]
+      hint = (f"; planner's suggestion: MeshConfig.shape = {tuple(s['mesh'])}, remat_policy = '{s['remat_policy']}'"
+              if s else "; try ModelConfig.remat_policy='full', more microbatches or a larger slice")
+      lines.append(f"compiled DOES NOT FIT: {_gb(compiled['peak_bytes'])} > {_gb(hbm)} HBM per chip{hint}")
+  return lines

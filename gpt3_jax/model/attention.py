@@ -20,6 +20,7 @@ at slot (index mod S): the slot a new token overwrites holds a token that is alr
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -160,11 +161,8 @@ def cudnn_attention(q, k, v, *, window: Optional[int]):
                                       implementation="cudnn")
 
 
-def splash_attention(q, k, v, *, window: Optional[int], interpret: bool = False):
-  """Pallas splash attention (TPU): block-sparse kernel that skips blocks outside the causal band.
-
-  `interpret=True` runs the same Pallas kernel in the interpreter on any backend (how the tests check it on CPU).
-  """
+def _splash_per_shard(q, k, v, *, window: Optional[int], interpret: bool):
+  """The splash kernel over one device's rows and heads: q, k, v [B, T, H, D] -> [B, T, H, D]."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -179,6 +177,30 @@ def splash_attention(q, k, v, *, window: Optional[int], interpret: bool = False)
   qh = jnp.swapaxes(q, 1, 2) * (d ** -0.5)
   out = jax.vmap(kernel)(qh, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2))
   return jnp.swapaxes(out, 1, 2)
+
+
+def activation_spec() -> jax.sharding.PartitionSpec:
+  """The mesh axes of a [B, T, H, D] attention input under the logical-axis rules in context (the project's
+  table, gpt3_jax/parallel/mesh.py, when none is set): rows over data x fsdp, heads over tensor."""
+  from gpt3_jax.parallel import mesh as mesh_lib
+  rules = nn.get_logical_axis_rules() or mesh_lib.LOGICAL_AXIS_RULES
+  return nn.logical_to_mesh_axes(("act_batch", "act_length", "act_heads", "act_kv"), rules)
+
+
+def splash_attention(q, k, v, *, window: Optional[int], interpret: bool = False):
+  """Pallas splash attention (TPU): block-sparse kernel that skips blocks outside the causal band.
+
+  A Mosaic kernel cannot be partitioned by XLA, so on a mesh of more than one device (the one `jax.set_mesh`
+  puts in context, as the trainer does) it runs under shard_map: each device attends its own rows and heads,
+  split as the logical-axis rules split activations. `interpret=True` runs the same Pallas kernel in the
+  interpreter on any backend (how the tests check it on CPU).
+  """
+  per_shard = functools.partial(_splash_per_shard, window=window, interpret=interpret)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return per_shard(q, k, v)
+  spec = activation_spec()
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
 
 
 def check_attention_impl(impl: str) -> None:

@@ -9,6 +9,13 @@ from gpt3_jax.errors import UserError
 
 def plan_options(bundle, flags) -> dict:
   """The --plan_* flags, with defaults from the gin-configured mesh and training settings."""
+  if flags.plan_topology:
+    from gpt3_jax import plan_compile
+    try:
+      plan_compile.parse_topology(flags.plan_topology)
+      plan_compile.check_libtpu()
+    except ValueError as e:
+      raise UserError(str(e)) from None
   mesh = bundle.mesh.shape
   if flags.plan_mesh:
     try:
@@ -20,7 +27,7 @@ def plan_options(bundle, flags) -> dict:
               seq_len=flags.plan_seq_len or bundle.train.seq_len,
               num_microbatches=flags.plan_microbatches or bundle.train.num_microbatches,
               mfu=flags.plan_mfu, chip_memory_gb=flags.plan_chip_memory_gb, compile=flags.plan_compile,
-              optimizer=bundle.optimizer)
+              optimizer=bundle.optimizer, topology=flags.plan_topology)
 
 
 def run(bundle, flags) -> None:

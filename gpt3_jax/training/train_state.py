@@ -31,8 +31,9 @@ def init_params_fn(cfg: ModelConfig):
   The parameters do not depend on the attention kernel, so initialization always traces the portable one: a
   kernel's shape limits (splash's 128-token query blocks) never meet the short init dummy."""
   model = GPT(cfg.replace(attention_impl="xla"))
-  dummy = jnp.zeros((1, min(cfg.n_ctx, 8)), jnp.int32)
-  return lambda rng: model.init(rng, dummy)["params"]
+  # The dummy is made inside the function: under eval_shape / jit it is traced, so an abstract mesh (TPU
+  # topology devices on a CPU host, --plan_topology) never sees a concrete array.
+  return lambda rng: model.init(rng, jnp.zeros((1, min(cfg.n_ctx, 8)), jnp.int32))["params"]
 
 
 @functools.lru_cache(maxsize=16)
