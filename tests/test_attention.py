@@ -195,6 +195,12 @@ def test_unavailable_kernel_is_a_clear_error(impl, backend):
     attention.check_attention_impl(impl)
 
 
+def test_cudnn_attention_refuses_float32_in_one_line():
+  with pytest.raises(ValueError, match="attention_impl='cudnn' runs in bfloat16 or float16 only.*dtype='bfloat16'"):
+    ModelConfig(attention_impl="cudnn", dtype="float32")
+  assert ModelConfig(attention_impl="cudnn", dtype="bfloat16").dtype == "bfloat16"
+
+
 def test_gpt2_init_scaling():
   """Weights ~ N(0, 0.02); residual output projections ~ N(0, 0.02 / sqrt(2 L)); biases 0, LN scale 1."""
   cfg = ModelConfig(vocab_size=512, n_ctx=64, d_model=64, n_layers=8, n_heads=4, d_head=16)

@@ -41,7 +41,9 @@ class ModelConfig:
     attention_block: query block of the xla implementation. Each block attends only the key blocks its causal
       band reaches, so fully masked blocks cost nothing (a local layer's work grows with window, not T).
       0, or a sequence length that is not a larger multiple of it, computes one masked block.
-    dtype: compute dtype name ("float32" or "bfloat16"); parameters are always float32.
+    dtype: compute dtype name ("float32" or "bfloat16"). The precision policy: parameters and optimizer state
+      are always float32, activations and matmul inputs use `dtype`, and the logits, softmax, loss and attention
+      softmax accumulate in float32 (preferred_element_type), so bf16 compute never rounds the loss.
     remat_policy: one of REMAT_POLICIES; "none" disables rematerialization.
     scan_layers: scan over the layer stack (one compiled body); False unrolls (for debugging).
     scan_unroll: layers per scan iteration (params keep their stacked layout). 1 keeps compile time flat in
@@ -90,6 +92,9 @@ class ModelConfig:
         (self.remat_policy in REMAT_POLICIES,
          f"remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}"),
         (self.dtype in ("float32", "bfloat16", "float16"), f"dtype={self.dtype!r}; use float32 or bfloat16"),
+        (self.attention_impl != "cudnn" or self.dtype in ("bfloat16", "float16"),
+         f"attention_impl='cudnn' runs in bfloat16 or float16 only, got dtype={self.dtype!r}; set "
+         f"ModelConfig.dtype='bfloat16' (or attention_impl='xla' for float32)"),
         (self.local_window > 0, f"local_window must be positive, got {self.local_window}"),
         (self.attention_block >= 0, f"attention_block must be >= 0 (0: one block), got {self.attention_block}"),
         (self.scan_unroll >= 1, f"scan_unroll must be >= 1, got {self.scan_unroll}"),
