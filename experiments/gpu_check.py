@@ -5,8 +5,8 @@ r"""One short check for a GPU machine: is the GPU path right, and how fast is it
 
 1. cuDNN attention (dense and the local band) against the xla path in bf16: output and gradient differences.
 2. For each model: a few steps of the real train step in bf16 against float32 on the same repeated batch (the
-   loss curves must track within 0.05 nats), then the bf16 step alone: tokens/s, MFU against the chip's datasheet peak, XLA's
-   peak memory and the compile time.
+   loss curves must track within 0.05 nats); for each dtype, tokens/s and MFU (against the chip's datasheet peak)
+   over the last half of the steps, XLA's peak memory of the compiled step and the compile time.
 Prints one markdown table per part, ready for docs/benchmarks.md (with the date and this command), and a verdict
 line; exits 1 when bf16 attention (0.05 absolute, gradients 2% of their largest) or the bf16 loss (0.05 nats) is
 off the float32 reference.
@@ -67,6 +67,7 @@ def train_rows(name: str, impl: str):
   import jax
   import numpy as np
   from gpt3_jax import configs
+  from gpt3_jax import plan_compile
   from gpt3_jax.model.config import flops_per_token
   from gpt3_jax.parallel import hardware
 
@@ -88,7 +89,6 @@ def train_rows(name: str, impl: str):
       if i >= FLAGS.steps // 2:
         step_s.append(time.perf_counter() - start)
     losses[dtype] = curve
-    stats = jax.devices()[0].memory_stats() or {}
     tokens = FLAGS.batch_size * FLAGS.seq_len
     median = statistics.median(step_s)
     peak = hardware.device_peak_flops()
@@ -96,21 +96,13 @@ def train_rows(name: str, impl: str):
                  "step s": median, "tokens/s": tokens / median,
                  "MFU": (tokens * flops_per_token(cfg, FLAGS.seq_len) / median / (peak * jax.device_count())
                          if peak else None),
-                 "peak GB": stats.get("peak_bytes_in_use", 0) / 1e9 or None,
+                 "peak GB": plan_compile.memory_summary(compiled)["peak_bytes"] / 1e9,  # the step, not the process
                  "first loss": curve[0], "last loss": curve[-1]})
     del state, compiled
   gap = max(abs(a - b) for a, b in zip(losses["float32"], losses["bfloat16"]))
   for row in rows:
     row["max loss gap bf16 vs f32"] = gap
   return rows
-
-
-def table(rows) -> str:
-  keys = list(rows[0])
-  cell = lambda v: f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
-  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-  lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
-  return "\n".join(lines)
 
 
 def main(argv):
@@ -128,8 +120,9 @@ def main(argv):
   parts = [attention_rows(impl, FLAGS.seq_len)]
   for name in FLAGS.models:
     parts.append(train_rows(name, impl))
+  from gpt3_jax.sweep.results import markdown_table
   for rows in parts:
-    print(table(rows) + "\n")
+    print("\n".join(markdown_table(rows, list(rows[0]))) + "\n")
     if FLAGS.json:
       for row in rows:
         print(json.dumps(row))

@@ -10,6 +10,7 @@ Each compile runs in a subprocess (`python -m gpt3_jax.plan_compile REQUEST`), s
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -47,7 +48,6 @@ def compile_memory(cfg: ModelConfig, mesh_shape: Sequence[int], global_batch: in
                    num_microbatches: int, topology: Optional[str] = None, timeout_s: float = 900
                    ) -> Dict[str, Any]:
   """Per-device memory_analysis() in bytes, XLA's FLOP count and the compile time, or {'skipped': reason}."""
-  import dataclasses
   n = math.prod(mesh_shape)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   if topology:
@@ -68,6 +68,16 @@ def compile_memory(cfg: ModelConfig, mesh_shape: Sequence[int], global_batch: in
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def memory_summary(compiled) -> Dict[str, int]:
+  """XLA's per-device bytes of a compiled step, and its peak: arguments + outputs - aliased + temporaries."""
+  m = compiled.memory_analysis()
+  out = {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
+         "alias_bytes": m.alias_size_in_bytes, "temp_bytes": m.temp_size_in_bytes,
+         "generated_code_bytes": m.generated_code_size_in_bytes}
+  out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
+  return out
+
+
 def _devices(topology: Optional[str], n: int):
   import jax
   if not topology:
@@ -81,7 +91,6 @@ def _devices(topology: Optional[str], n: int):
 
 def _compile_in_this_process(request: Dict[str, Any]) -> Dict[str, Any]:
   """The subprocess side of compile_memory: the devices are the forced CPU ones or the topology's chips."""
-  from gpt3_jax import planner
   from gpt3_jax.parallel import mesh as mesh_lib
   from gpt3_jax.training import assembly
   from gpt3_jax.training import optimizer as optimizer_lib
@@ -95,20 +104,10 @@ def _compile_in_this_process(request: Dict[str, Any]) -> Dict[str, Any]:
     start = time.perf_counter()
     compiled = asm.compile_train_step(request["global_batch"])
     seconds = time.perf_counter() - start
-  m = compiled.memory_analysis()
   cost = compiled.cost_analysis() or {}
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  tx = planner.make_tx(None, cfg)
-  shapes, logical = planner.state_layout(cfg, tx)
-  state = planner.state_bytes_per_device(shapes, logical, request["mesh"])
-  out = {"devices": len(devices), "topology": topology, "compile_seconds": seconds,
-         "argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
-         "alias_bytes": m.alias_size_in_bytes, "temp_bytes": m.temp_size_in_bytes,
-         "generated_code_bytes": m.generated_code_size_in_bytes,
-         "planned_state_bytes": state["params"] + state["opt_state"] + state["step"],
-         "flops": float(cost.get("flops", 0.0)), "scanned": cfg.scan_layers}
-  out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
-  return out
+  return {"devices": len(devices), "topology": topology, "compile_seconds": seconds, **memory_summary(compiled),
+          "flops": float(cost.get("flops", 0.0)), "scanned": cfg.scan_layers}
 
 
 if __name__ == "__main__":

@@ -169,6 +169,7 @@ def memory_plan(cfg: ModelConfig, shapes: Any, logical: Any, mesh_shape: Sequenc
   return {
       "mesh": list(mesh_shape), "rows_per_device": rows,
       "params_bytes": state["params"], "grads_bytes": grads, "opt_state_bytes": state["opt_state"],
+      "step_bytes": state["step"],
       "activation_bytes": acts, "total_bytes": totals,
       "fits": totals[cfg.remat_policy] <= USABLE_MEMORY_FRACTION * work.memory_bytes,
       "fits_by_policy": {p: v <= USABLE_MEMORY_FRACTION * work.memory_bytes for p, v in totals.items()},
@@ -240,6 +241,7 @@ def plan_report(cfg: ModelConfig, *, mesh_shape: Sequence[int] = (-1, 1, 1), num
   if topology:
     from gpt3_jax import plan_compile
     chip, num_devices = plan_compile.parse_topology(topology)
+    plan_compile.check_libtpu()
   counts = param_counts(cfg)
   stored = count_abstract_params(cfg)
   if stored != param_counts(cfg, padded=True)["params"]:
@@ -345,6 +347,12 @@ def format_report(report: Dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def state_bytes(memory: Dict[str, Any]) -> int:
+  """The train state's bytes per device in a memory plan: params, optimizer state and the step counter (what
+  XLA counts among a compiled step's arguments, beside the batch and the learning rate)."""
+  return memory["params_bytes"] + memory["opt_state_bytes"] + memory["step_bytes"]
+
+
 def format_compiled(report: Dict[str, Any], compiled: Dict[str, Any]) -> list:
   """The XLA compile's lines: per-chip memory against the estimate and the chip, FLOPs against the formula."""
   if "skipped" in compiled:
@@ -353,7 +361,7 @@ def format_compiled(report: Dict[str, Any], compiled: Dict[str, Any]) -> list:
   where = (f"{compiled['devices']} abstract {compiled['topology']} TPU chips" if compiled.get("topology")
            else f"{compiled['devices']} fake CPU devices")
   lines = [f"XLA compile on {where} in {compiled['compile_seconds']:.1f} s, per device: arguments "
-           f"{_gb(compiled['argument_bytes'])} (planner's state {_gb(compiled['planned_state_bytes'])}), "
+           f"{_gb(compiled['argument_bytes'])} (planner's state {_gb(state_bytes(mem))}), "
            f"temporaries {_gb(compiled['temp_bytes'])}, outputs {_gb(compiled['output_bytes'])} (aliased "
            f"{_gb(compiled['alias_bytes'])}); peak ~ {_gb(compiled['peak_bytes'])} vs estimate "
            f"{_gb(mem['total_bytes'][policy])} ({compiled['peak_bytes'] / mem['total_bytes'][policy] - 1:+.0%})"]

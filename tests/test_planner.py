@@ -175,7 +175,7 @@ def test_gpt3_small_with_splash_attention_compiles_for_a_4_chip_v5e_slice():
   assert compiled["topology"] == "v5e:2x2"
   memory = report["memory"]
   state = memory["params_bytes"] + memory["opt_state_bytes"] + 4  # + the step counter
-  assert compiled["planned_state_bytes"] == state
+  assert planner.state_bytes(memory) == state
   batch = 4 * 2049 * 4 + 4  # 4 rows of 2049 int32 tokens, the float32 learning rate
   # The TPU's tiled layouts pad small minor dimensions (biases [.., 12 heads, 64], LayerNorm rows): 0.11% here.
   # A state that was not sharded as planned (fsdp 2) would be off by half.

@@ -9,13 +9,6 @@ from gpt3_jax.errors import UserError
 
 def plan_options(bundle, flags) -> dict:
   """The --plan_* flags, with defaults from the gin-configured mesh and training settings."""
-  if flags.plan_topology:
-    from gpt3_jax import plan_compile
-    try:
-      plan_compile.parse_topology(flags.plan_topology)
-      plan_compile.check_libtpu()
-    except ValueError as e:
-      raise UserError(str(e)) from None
   mesh = bundle.mesh.shape
   if flags.plan_mesh:
     try:

@@ -33,6 +33,13 @@ def _fmt(value) -> str:
   return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
 
 
+def markdown_table(rows: List[Dict[str, object]], columns: List[str]) -> List[str]:
+  """A markdown table's lines: floats to 4 significant digits, a missing or None cell as '-'."""
+  cell = lambda v: "-" if v is None else _fmt(v)
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  return lines + ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+
+
 def write(study, cfg: SweepConfig, sweep_dir: str, plots: bool = False) -> List[str]:
   """Writes the tables (and with `plots`, the HParams summaries and PNGs); returns the paths written."""
   table = rows(study, cfg)
@@ -47,8 +54,7 @@ def write(study, cfg: SweepConfig, sweep_dir: str, plots: bool = False) -> List[
   done = sorted((r for r in table if r["state"] == "complete"), key=lambda r: r[cfg.metric], reverse=reverse)
   ordered = done + [r for r in table if r["state"] != "complete"]
   shown = [c for c in columns if c != "workdir"]
-  lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-  lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in shown) + " |" for r in ordered]
+  lines = markdown_table([{c: r.get(c, "") for c in shown} for r in ordered], shown)
   with open(f"{paths[1]}.{os.getpid()}.tmp", "w") as f:  # workers may write at once: each replaces the file whole
     f.write("\n".join(lines) + "\n")
   os.replace(f"{paths[1]}.{os.getpid()}.tmp", paths[1])
