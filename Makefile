@@ -26,7 +26,7 @@ quickstart: venv
 	$(PY) -m gpt3_jax.main --gin_file=gin_configs/experiments/quickstart.gin --workdir=$(WORKDIR)
 
 test: test-venv
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 benchmark: venv
 	$(PY) experiments/benchmark.py --gin_file=gin_configs/models/small.gin --gin_bindings="ModelConfig.scan_layers = False" --seq_len=256 --batch_size=4 --steps=10
