@@ -47,7 +47,8 @@ def check_libtpu() -> None:
 def compile_memory(cfg: ModelConfig, mesh_shape: Sequence[int], global_batch: int, seq_len: int,
                    num_microbatches: int, topology: Optional[str] = None, timeout_s: float = 900
                    ) -> Dict[str, Any]:
-  """Per-device memory_analysis() in bytes, XLA's FLOP count and the compile time, or {'skipped': reason}."""
+  """Per-device memory_analysis() in bytes, XLA's FLOP count and the compile time; {'skipped': reason} when the
+  mesh is too large to simulate, {'failed': XLA's last error line} when the compile fails."""
   n = math.prod(mesh_shape)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   if topology:
@@ -64,7 +65,7 @@ def compile_memory(cfg: ModelConfig, mesh_shape: Sequence[int], global_batch: in
   if out.returncode != 0:
     lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
     errors = [line for line in lines if "Error" in line.split(":")[0]]
-    return {"skipped": f"compilation failed: {(errors or lines or [out.returncode])[-1]}"}
+    return {"failed": str((errors or lines or [f"exit status {out.returncode}"])[-1])}
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -25,7 +25,7 @@ import optax
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
 
 from gpt3_jax.model.attention import model_pairs_computed
-from gpt3_jax.model.config import REMAT_POLICIES, ModelConfig, flops_per_token, param_counts
+from gpt3_jax.model.config import REMAT_POLICIES, ModelConfig, flops_per_token, param_counts, resolve_dtype
 from gpt3_jax.parallel import hardware
 from gpt3_jax.parallel import mesh as mesh_lib
 from gpt3_jax.training import optimizer as optimizer_lib
@@ -106,19 +106,20 @@ def activation_bytes(cfg: ModelConfig, mesh_shape: Sequence[int], rows: int, seq
     save_dots:                   L * b*T*(3d + (3a + f)/t) (carry + matmul outputs without batch dims:
                                  qkv, attention out, MLP in, MLP out) + u * layer
     save_attention_mlp_outputs:  L * 3 * b*T*d (carry + the named attention / MLP outputs) + u * layer
-  All at e bytes except the carry (in e too); plus, for every policy, float32 logits and their gradient
-  2 * b*T*V/t * 4, and one unit's weights gathered over fsdp in the compute dtype, twice (prefetch):
-  2 * u * (4d*a + 2d*f) / t * e.
+  All at e bytes except the carry (in e too); plus, for every policy, the logits and their gradient
+  2 * b*T*V/t * (bytes of cfg.logits_dtype), and one unit's weights gathered over fsdp in the compute dtype,
+  twice (prefetch): 2 * u * (4d*a + 2d*f) / t * e.
   """
   t = mesh_shape[2]
-  e = jnp.dtype(cfg.dtype).itemsize
+  e = jnp.dtype(resolve_dtype(cfg.dtype, "gpu")).itemsize  # plans are for accelerators ('auto' is bfloat16)
   b, d, a, f, h, n = rows, cfg.d_model, cfg.attn_width, cfg.mlp_width, cfg.n_heads, cfg.n_layers
   u = 1 if cfg.attention_pattern == "dense" else 2
   bt = b * seq_len
   pairs = model_pairs_computed(cfg, seq_len) / n  # per layer, averaged over dense and local
   probs = 0 if cfg.attention_impl != "xla" else b * h * pairs / t
   layer = 6 * bt * d + bt * (4 * a + 2 * f) / t + probs
-  fixed_bytes = 2 * bt * cfg.padded_vocab_size / t * 4 + 2 * u * (4 * d * a + 2 * d * f) / t * e
+  logits = 2 * bt * cfg.padded_vocab_size / t * jnp.dtype(cfg.logits_dtype).itemsize
+  fixed_bytes = logits + 2 * u * (4 * d * a + 2 * d * f) / t * e
   saved = {
       "none": n * layer,
       "full": n * bt * d + u * layer,
@@ -242,6 +243,7 @@ def plan_report(cfg: ModelConfig, *, mesh_shape: Sequence[int] = (-1, 1, 1), num
     from gpt3_jax import plan_compile
     chip, num_devices = plan_compile.parse_topology(topology)
     plan_compile.check_libtpu()
+  cfg = cfg.resolved(hardware.chip_platform(chip))  # dtype 'auto' means what it would on that chip
   counts = param_counts(cfg)
   stored = count_abstract_params(cfg)
   if stored != param_counts(cfg, padded=True)["params"]:
@@ -278,7 +280,7 @@ def plan_report(cfg: ModelConfig, *, mesh_shape: Sequence[int] = (-1, 1, 1), num
       "n_ctx": cfg.n_ctx, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
       "d_head": cfg.d_head, "vocab_size": cfg.vocab_size, "padded_vocab_size": cfg.padded_vocab_size,
       "attention_pattern": cfg.attention_pattern, "local_window": cfg.local_window,
-      "dtype": cfg.dtype, "remat_policy": cfg.remat_policy,
+      "dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "remat_policy": cfg.remat_policy,
       "chip": chip, "devices": n, "chip_memory_gb": memory_gb, "peak_flops_per_chip": peak,
       "global_batch": global_batch, "seq_len": seq_len, "num_microbatches": num_microbatches,
       "tokens_per_step": tokens_step, "flops_per_step": flops_token * tokens_step, "assumed_mfu": mfu,
@@ -302,7 +304,8 @@ def format_report(report: Dict[str, Any]) -> str:
   lines = [
       f"model: {report['n_layers']} layers, d_model {report['d_model']}, {report['n_heads']} heads x "
       f"{report['d_head']}, n_ctx {report['n_ctx']}, vocab {report['vocab_size']} (padded "
-      f"{report['padded_vocab_size']}), attention {report['attention_pattern']}, {report['dtype']} compute",
+      f"{report['padded_vocab_size']}), attention {report['attention_pattern']}, {report['dtype']} compute, "
+      f"{report['param_dtype']} parameters",
       f"parameters: {report['params'] / 1e6:,.1f}M total, {report['non_embedding_params'] / 1e6:,.1f}M "
       f"non-embedding ({report['stored_params'] / 1e6:,.1f}M stored with the padded vocabulary)",
       f"model FLOPs per token (6N + 12LHQT): {report['flops_per_token']:.4g}",
@@ -357,6 +360,8 @@ def format_compiled(report: Dict[str, Any], compiled: Dict[str, Any]) -> list:
   """The XLA compile's lines: per-chip memory against the estimate and the chip, FLOPs against the formula."""
   if "skipped" in compiled:
     return [f"XLA compile: skipped ({compiled['skipped']})"]
+  if "failed" in compiled:
+    return [f"XLA compile: FAILED: {compiled['failed']}"]
   mem, policy = report["memory"], report["remat_policy"]
   where = (f"{compiled['devices']} abstract {compiled['topology']} TPU chips" if compiled.get("topology")
            else f"{compiled['devices']} fake CPU devices")

@@ -64,7 +64,7 @@ def test_state_bytes_equal_real_sharded_arrays():
 
 def test_activation_estimate_matches_the_documented_formula():
   """Hand-computed from the docstring of planner.activation_bytes for a dense float32 model on tensor 2."""
-  cfg = ModelConfig(n_ctx=16, d_model=8, n_layers=3, n_heads=2, d_head=4, vocab_size=128, d_ff=32)
+  cfg = ModelConfig(n_ctx=16, d_model=8, n_layers=3, n_heads=2, d_head=4, vocab_size=128, d_ff=32, dtype="float32")
   b, t, d, a, f, h, n, tp, e, v = 2, 16, 8, 8, 32, 2, 3, 2, 4, 128
   layer = 6 * b * t * d + b * t * (4 * a + 2 * f) / tp + b * h * t * t / tp
   fixed = 2 * b * t * v / tp * 4 + 2 * (4 * d * a + 2 * d * f) / tp * e
@@ -79,7 +79,7 @@ def test_activation_estimate_counts_the_attention_pairs_computed_block_sparse():
   """Blocks of 4 over T=16: a dense layer computes 4 * (4 + 8 + 12 + 16) = 160 of the 256 (query, key) pairs, a
   local layer of window 4 4 * (4 + 8 + 8 + 8) = 112; the estimate keeps b*h*pairs/t probabilities per layer."""
   cfg = ModelConfig(n_ctx=16, d_model=8, n_layers=2, n_heads=2, d_head=4, vocab_size=128, d_ff=32,
-                    attention_pattern="alternating", local_window=4)
+                    attention_pattern="alternating", local_window=4, dtype="float32")
   b, h, tp, e = 2, 2, 2, 4
   one_block = planner.activation_bytes(cfg.replace(attention_block=0), (1, 1, tp), rows=b, seq_len=16)
   blocked = planner.activation_bytes(cfg.replace(attention_block=4), (1, 1, tp), rows=b, seq_len=16)
@@ -152,6 +152,19 @@ def test_plan_rejects_an_impossible_mesh_in_one_line():
               "--plan_devices=8", "--plan_mesh=3,1,1"], timeout=60)
   errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
   assert out.returncode == 2 and len(errors) == 1 and "--plan_devices=8" in errors[0], out.stderr[-2000:]
+
+
+def test_a_step_that_does_not_compile_prints_the_plan_and_exits_1():
+  """Splash is a TPU kernel: compiled for CPU devices it fails inside XLA's lowering. The analytic plan still
+  prints; the compile line and the exit status say it failed (a script must not read a failed compile as ok)."""
+  out = _run(["-m", "gpt3_jax.main", "--mode=plan", "--gin_file=gin_configs/models/tiny.gin",
+              "--gin.ModelConfig.attention_impl='splash'", "--plan_devices=1", "--plan_mesh=1,1,1",
+              "--plan_batch=2", "--plan_chip=h100", "--plan_compile"], timeout=120)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "FITS:" in out.stdout and "XLA compile: FAILED: ValueError: Only interpret mode" in out.stdout, out.stdout
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+  assert errors == ["error: the training step did not compile: ValueError: Only interpret mode is supported on "
+                    "CPU backend."], out.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -58,7 +58,8 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
 
 
 def _sample(logits, key, *, vocab_size: int, greedy: bool, top_k: int, top_p: float, temperature):
-  """Next token per row from float32 logits [B, V_padded]; row b draws with fold_in(key, b)."""
+  """Next token per row from logits [B, V_padded] (upcast to float32); row b draws with fold_in(key, b)."""
+  logits = logits.astype(jnp.float32)
   real = jnp.arange(logits.shape[-1]) < vocab_size
   if greedy:
     return jnp.argmax(jnp.where(real, logits, -jnp.inf), axis=-1).astype(jnp.int32)

@@ -13,6 +13,17 @@ LORA_TARGETS = ("qkv", "attn_out", "mlp_in", "mlp_out")
 ATTENTION_PATTERNS = ("dense", "alternating")  # alternating: dense, local, dense, local, ...
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_mlp_outputs")
+STORAGE_DTYPES = ("float32", "bfloat16")  # param_dtype and logits_dtype
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # dtype; "auto": by platform (resolve_dtype)
+
+
+def resolve_dtype(name: str, platform: str) -> str:
+  """The compute dtype `name` means on `platform` (jax.default_backend(): 'cpu', 'gpu', 'tpu'): 'auto' is float32
+  on CPU (XLA:CPU runs bfloat16 matmuls no faster than float32, docs/benchmarks.md) and bfloat16 on accelerators;
+  any other name is itself."""
+  if name != "auto":
+    return name
+  return "float32" if platform == "cpu" else "bfloat16"
 
 
 def pad_vocab(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
@@ -41,9 +52,15 @@ class ModelConfig:
     attention_block: query block of the xla implementation. Each block attends only the key blocks its causal
       band reaches, so fully masked blocks cost nothing (a local layer's work grows with window, not T).
       0, or a sequence length that is not a larger multiple of it, computes one masked block.
-    dtype: compute dtype name ("float32" or "bfloat16"). The precision policy: parameters and optimizer state
-      are always float32, activations and matmul inputs use `dtype`, and the logits, softmax, loss and attention
-      softmax accumulate in float32 (preferred_element_type), so bf16 compute never rounds the loss.
+    The precision policy is three dtypes (MaxText's weight_dtype / dtype / logits in float32):
+    param_dtype: storage dtype of the parameters, hence of their gradients and Adam moments: "float32" (the
+      default, what training should use) or "bfloat16" (half the memory for sampling, scoring or evaluating a
+      big model; training then rounds every update to bfloat16). LoRA adapters are always float32.
+    dtype: compute dtype of activations and matmul inputs: "auto" (the default: float32 on CPU, bfloat16 on GPU
+      and TPU, `resolve_dtype`), "float32", "bfloat16" or "float16". Attention softmax and LayerNorm statistics
+      accumulate in float32 whatever it is.
+    logits_dtype: dtype of the LM head's output [B, T, vocab]: "float32" (the default) or "bfloat16" (halves the
+      largest activation at a big vocabulary). The loss, log-softmax and sampling always upcast to float32.
     remat_policy: one of REMAT_POLICIES; "none" disables rematerialization.
     scan_layers: scan over the layer stack (one compiled body); False unrolls (for debugging).
     scan_unroll: layers per scan iteration (params keep their stacked layout). 1 keeps compile time flat in
@@ -63,7 +80,9 @@ class ModelConfig:
   local_window: int = 256
   attention_impl: str = "xla"
   attention_block: int = 128
-  dtype: str = "float32"
+  param_dtype: str = "float32"
+  dtype: str = "auto"
+  logits_dtype: str = "float32"
   remat_policy: str = "none"
   scan_layers: bool = True
   scan_unroll: int = 1
@@ -91,8 +110,11 @@ class ModelConfig:
          f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}"),
         (self.remat_policy in REMAT_POLICIES,
          f"remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}"),
-        (self.dtype in ("float32", "bfloat16", "float16"), f"dtype={self.dtype!r}; use float32 or bfloat16"),
-        (self.attention_impl != "cudnn" or self.dtype in ("bfloat16", "float16"),
+        (self.dtype in COMPUTE_DTYPES, f"dtype={self.dtype!r}; choose one of {COMPUTE_DTYPES}"),
+        (self.param_dtype in STORAGE_DTYPES, f"param_dtype={self.param_dtype!r}; choose one of {STORAGE_DTYPES}"),
+        (self.logits_dtype in STORAGE_DTYPES,
+         f"logits_dtype={self.logits_dtype!r}; choose one of {STORAGE_DTYPES}"),
+        (self.attention_impl != "cudnn" or self.dtype in ("auto", "bfloat16", "float16"),
          f"attention_impl='cudnn' runs in bfloat16 or float16 only, got dtype={self.dtype!r}; set "
          f"ModelConfig.dtype='bfloat16' (or attention_impl='xla' for float32)"),
         (self.local_window > 0, f"local_window must be positive, got {self.local_window}"),
@@ -114,6 +136,16 @@ class ModelConfig:
   @property
   def padded_vocab_size(self) -> int:
     return pad_vocab(self.vocab_size)
+
+  @property
+  def compute_dtype(self) -> str:
+    """`dtype` resolved for the backend JAX runs on (what the model computes in)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    return resolve_dtype(self.dtype, jax.default_backend())
+
+  def resolved(self, platform: str) -> "ModelConfig":
+    """This config with `dtype` resolved for `platform` (a plan or compile for a chip this host is not)."""
+    return self.replace(dtype=resolve_dtype(self.dtype, platform))
 
   @property
   def num_labels(self) -> int:

@@ -40,7 +40,7 @@ def delta(module: nn.Module, cfg: ModelConfig, target: str, x: jax.Array, in_log
       nn.initializers.normal(1.0 / math.sqrt(fan_in)), tuple(in_logical) + (None,)), tuple(in_shape) + (r,))
   b = module.param(f"{name}_lora_b", nn.with_logical_partitioning(
       nn.initializers.zeros, (None,) + tuple(out_logical)), (r,) + tuple(out_shape))
-  dtype = jnp.dtype(cfg.dtype)
+  dtype = jnp.dtype(cfg.compute_dtype)
   n_in = len(in_shape)
   if cfg.lora_dropout and module.has_rng("dropout"):  # training passes the rng; evaluation and inference do not
     x = nn.Dropout(cfg.lora_dropout, deterministic=False)(x)

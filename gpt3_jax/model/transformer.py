@@ -41,7 +41,8 @@ def remat_policy(name: str):
 
 def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=cfg.layer_norm_epsilon, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32, name=name,
+      epsilon=cfg.layer_norm_epsilon, dtype=jnp.dtype(cfg.compute_dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+      name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
@@ -54,16 +55,16 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.cfg
-    dtype = jnp.dtype(cfg.dtype)
+    dtype, pdt = jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
     init = nn.initializers.normal(cfg.init_std)
     out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
     zeros = nn.initializers.zeros
     w_in = self.param("in_kernel", nn.with_logical_partitioning(init, ("embed", "mlp")),
-                      (cfg.d_model, cfg.mlp_width))
-    b_in = self.param("in_bias", nn.with_logical_partitioning(zeros, ("mlp",)), (cfg.mlp_width,))
+                      (cfg.d_model, cfg.mlp_width), pdt)
+    b_in = self.param("in_bias", nn.with_logical_partitioning(zeros, ("mlp",)), (cfg.mlp_width,), pdt)
     w_out = self.param("out_kernel", nn.with_logical_partitioning(out_init, ("mlp", "embed")),
-                       (cfg.mlp_width, cfg.d_model))
-    b_out = self.param("out_bias", nn.with_logical_partitioning(zeros, ("embed",)), (cfg.d_model,))
+                       (cfg.mlp_width, cfg.d_model), pdt)
+    b_out = self.param("out_bias", nn.with_logical_partitioning(zeros, ("embed",)), (cfg.d_model,), pdt)
     h = jnp.einsum("btd,df->btf", x, w_in.astype(dtype)) + b_in.astype(dtype)
     if (d := lora.delta(self, cfg, "mlp_in", x, ("embed",), ("mlp",), (cfg.d_model,), (cfg.mlp_width,))) is not None:
       h = h + d
@@ -115,7 +116,7 @@ def num_units(cfg: ModelConfig) -> int:
 
 
 class GPT(nn.Module):
-  """GPT-3 language model. __call__(tokens [B, T] int32) -> logits [B, T, padded_vocab] float32.
+  """GPT-3 language model. __call__(tokens [B, T] int32) -> logits [B, T, padded_vocab] in cfg.logits_dtype.
 
   decode=True turns on the KV cache (module docstring); the parameters are the same.
   """
@@ -125,11 +126,11 @@ class GPT(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    init = nn.initializers.normal(cfg.init_std)
+    init, pdt = nn.initializers.normal(cfg.init_std), jnp.dtype(cfg.param_dtype)
     self.wte = self.param("wte", nn.with_logical_partitioning(init, ("vocab", "embed")),
-                          (cfg.padded_vocab_size, cfg.d_model))
+                          (cfg.padded_vocab_size, cfg.d_model), pdt)
     self.wpe = self.param("wpe", nn.with_logical_partitioning(init, ("position", "embed")),
-                          (cfg.n_ctx, cfg.d_model))
+                          (cfg.n_ctx, cfg.d_model), pdt)
     unit = LayerUnit
     policy = remat_policy(cfg.remat_policy)
     if cfg.remat_policy != "none":
@@ -146,7 +147,7 @@ class GPT(nn.Module):
     self.ln_f = _layer_norm(cfg, "ln_f")
     if cfg.class_labels:
       self.score = self.param("score", nn.with_logical_partitioning(init, ("embed", None)),
-                              (cfg.d_model, cfg.num_labels))
+                              (cfg.d_model, cfg.num_labels), pdt)
 
   def __call__(self, tokens: jax.Array, positions: Optional[jax.Array] = None, *,
                last_only: bool = False) -> jax.Array:
@@ -170,7 +171,7 @@ class GPT(nn.Module):
   def hidden(self, tokens: jax.Array, positions: Optional[jax.Array] = None) -> jax.Array:
     """Final hidden states ln_f(h) [B, T, d_model] (the input of the tied LM head); positions as __call__."""
     cfg = self.cfg
-    dtype = jnp.dtype(cfg.dtype)
+    dtype = jnp.dtype(cfg.compute_dtype)
     if positions is None:
       if self.decode:
         raise ValueError("GPT(decode=True) needs per-row positions [B, T]")
@@ -194,8 +195,10 @@ class GPT(nn.Module):
     """Tied output projection; padded vocabulary entries get -1e9 added (probability exactly 0).
 
     An added [V] bias rather than a select: its gradient is the identity, so the backward pass has no masking
-    pass over the [B, T, V] logits gradient."""
+    pass over the [B, T, V] logits gradient. The product accumulates in float32 and is stored in
+    cfg.logits_dtype."""
     logits = jnp.einsum("btd,vd->btv", x, self.wte.astype(x.dtype), preferred_element_type=jnp.float32)
+    logits = logits.astype(jnp.dtype(self.cfg.logits_dtype))
     logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
     real = jnp.arange(self.cfg.padded_vocab_size) < self.cfg.vocab_size
     return logits + jnp.where(real, 0.0, _MASK_VALUE).astype(logits.dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from gpt3_jax.errors import UserError
 
@@ -27,3 +28,7 @@ def run(bundle, flags) -> None:
   from gpt3_jax import planner
   report = planner.plan_report(bundle.model, **plan_options(bundle, flags))
   print(json.dumps(report) if flags.json else planner.format_report(report))
+  failed = report.get("compiled", {}).get("failed")
+  if failed:  # the report is printed (the analytic plan stands); the exit status says the compile did not
+    print(f"error: the training step did not compile: {failed}", file=sys.stderr)
+    sys.exit(1)

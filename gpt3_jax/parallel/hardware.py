@@ -26,6 +26,12 @@ CHIP_NAMES = {"v4": "tpu v4", "v5e": "tpu v5e", "v5p": "tpu v5p", "v6e": "tpu v6
               "a100": "a100", "h100": "h100", "h200": "h200"}
 
 
+def chip_platform(chip: str) -> str:
+  """The JAX platform of a chip named as in CHIP_NAMES: 'tpu' or 'gpu'."""
+  chip_peak_flops(chip)  # an unknown name fails here, in one line
+  return "tpu" if CHIP_NAMES[chip.lower()].startswith("tpu") else "gpu"
+
+
 def chip_peak_flops(chip: str) -> float:
   """Peak of a chip named as in CHIP_NAMES (v4, v5e, v5p, v6e, a100, h100, h200)."""
   key = CHIP_NAMES.get(chip.lower())

@@ -22,7 +22,8 @@ DROPOUT_SEED = 0  # LoRA dropout's masks: fold_in(key(DROPOUT_SEED), step [, mic
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> Tuple[jax.Array, jax.Array]:
   """Sum of the scored tokens' negative log-likelihoods and their count (float32); `weights` [B, T] are 1 for a
-  scored token and 0 otherwise."""
+  scored token and 0 otherwise. Logits stored in bfloat16 (ModelConfig.logits_dtype) are upcast first."""
+  logits = logits.astype(jnp.float32)
   logz = jax.nn.logsumexp(logits, axis=-1)
   true_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return jnp.sum((logz - true_logit) * weights), jnp.sum(weights)
