@@ -244,17 +244,17 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, positions: Optional[jax.Array] = None) -> jax.Array:
     cfg = self.cfg
-    dtype = jnp.dtype(cfg.dtype)
+    dtype, pdt = jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
     init = nn.initializers.normal(cfg.init_std)
     out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)  # GPT-2 residual scaling
     w_qkv = self.param("qkv_kernel", nn.with_logical_partitioning(init, ("embed", "qkv", "heads", "kv")),
-                       (cfg.d_model, 3, cfg.n_heads, cfg.d_head))
+                       (cfg.d_model, 3, cfg.n_heads, cfg.d_head), pdt)
     b_qkv = self.param("qkv_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("qkv", "heads", "kv")),
-                       (3, cfg.n_heads, cfg.d_head))
+                       (3, cfg.n_heads, cfg.d_head), pdt)
     w_out = self.param("out_kernel", nn.with_logical_partitioning(out_init, ("heads", "kv", "embed")),
-                       (cfg.n_heads, cfg.d_head, cfg.d_model))
+                       (cfg.n_heads, cfg.d_head, cfg.d_model), pdt)
     b_out = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                       (cfg.d_model,))
+                       (cfg.d_model,), pdt)
     qkv = jnp.einsum("btd,dshk->btshk", x, w_qkv.astype(dtype)) + b_qkv.astype(dtype)
     if (d := lora.delta(self, cfg, "qkv", x, ("embed",), ("qkv", "heads", "kv"), (cfg.d_model,),
                         (3, cfg.n_heads, cfg.d_head))) is not None:
