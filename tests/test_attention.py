@@ -79,6 +79,25 @@ def test_block_sparse_attention_matches_numpy_reference(block, window):
     np.testing.assert_allclose(np.asarray(blocked), np.asarray(dense), atol=ATOL, rtol=ATOL)
 
 
+@pytest.mark.parametrize("t, block", [(64, 8), (128, 8), (96, 8)])  # 8 and 16 blocks by halves; 12 per block
+def test_dense_attention_by_halves_matches_numpy_reference(t, block, monkeypatch):
+  """A dense layer of 2^k >= 8 query blocks runs as log2(n) + 1 batched products (_causal_by_halves): values as
+  the float64 reference, gradients as the one-block form; 12 blocks (not a power of two) take the per-block
+  path."""
+  calls = []
+  by_halves = attention._causal_by_halves
+  monkeypatch.setattr(attention, "_causal_by_halves", lambda *a: calls.append(a[3]) or by_halves(*a))
+  q, k, v = (jnp.asarray(x) for x in random_qkv(seed=5, t=t))
+  got = attention.xla_attention(q, k, v, window=None, block=block)
+  np.testing.assert_allclose(np.asarray(got), numpy_attention(q, k, v, None), atol=ATOL, rtol=ATOL)
+  assert calls == ([block] if t // block in (8, 16) else [])
+  cotangent = jnp.asarray(random_qkv(seed=6, t=t)[0])
+  grads = [jax.grad(lambda *qkv: jnp.sum(attention.xla_attention(*qkv, window=None, block=b) * cotangent),
+                    argnums=(0, 1, 2))(q, k, v) for b in (block, 0)]
+  for blocked, dense in zip(*grads):
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(dense), atol=ATOL, rtol=ATOL)
+
+
 @pytest.mark.parametrize("window, expect", [(None, (0, 0, 0, 0)), (1, (0, 4, 8, 12)), (4, (0, 0, 4, 8)),
                                             (5, (0, 0, 4, 8)), (6, (0, 0, 0, 4)), (100, (0, 0, 0, 0))])
 def test_key_block_start_is_the_first_block_the_band_reaches(window, expect):
