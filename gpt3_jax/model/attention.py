@@ -54,11 +54,8 @@ def _attention_core(q, k, v, mask):
   """q (pre-scaled): [..., Tq, D]; k, v: [..., Tk, D]; mask broadcastable to [..., Tq, Tk] -> [..., Tq, D].
 
   Float32 softmax, normalized after the value product (divide [.., Tq, D] rather than [.., Tq, Tk])."""
-  logits = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32)
-  logits = jnp.where(mask, logits, _MASK_VALUE)
-  weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
-  out = jnp.einsum("...qk,...kd->...qd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  return out / jnp.sum(weights, axis=-1, keepdims=True)
+  _, total, out = _partial(q, k, v, mask)
+  return out / total[..., None]
 
 
 def attention_probabilities(q, k, window: Optional[int]) -> jax.Array:
