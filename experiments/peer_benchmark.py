@@ -60,7 +60,7 @@ def _ours(shape: Shape, bindings):
   base = [f"ModelConfig.n_layers = {shape.n_layers}", f"ModelConfig.d_model = {shape.d_model}",
           f"ModelConfig.n_heads = {shape.n_heads}", f"ModelConfig.d_head = {shape.d_model // shape.n_heads}",
           f"ModelConfig.vocab_size = {shape.vocab}", f"ModelConfig.n_ctx = {shape.seq}",
-          "ModelConfig.attention_pattern = 'dense'"]
+          "ModelConfig.attention_pattern = 'dense'", "ModelConfig.dtype = 'float32'"]
   cfg = configs.parse_and_build([], base + list(bindings)).model
   compiled, state, batches, lr, _ = benchmark.compiled_train_step(cfg, seq_len=shape.seq, batch_size=shape.batch,
                                                                   num_batches=2)

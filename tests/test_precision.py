@@ -58,9 +58,9 @@ def test_bfloat16_logits_give_the_float32_loss_of_the_rounded_logits():
   np.testing.assert_allclose(float(total / count), float(expect / count), rtol=1e-6)
 
 
-def _curve(cfg, steps=12, lr=3e-3):
+def _curve(cfg, steps=12, lr=3e-3, microbatches=1):
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=(1, 1, 1)), devices=jax.devices()[:1])
-  asm = assembly.assemble(cfg, opt_lib.OptimizerConfig(), mesh, seq_len=cfg.n_ctx)
+  asm = assembly.assemble(cfg, opt_lib.OptimizerConfig(), mesh, seq_len=cfg.n_ctx, num_microbatches=microbatches)
   batch = np.random.default_rng(1).integers(0, 40, (8, cfg.n_ctx + 1)).astype(np.int32)  # 40 of 300 ids used
   with asm.activate():
     state, losses = asm.fresh_state(seed=0), []
@@ -70,12 +70,13 @@ def _curve(cfg, steps=12, lr=3e-3):
   return np.array(losses)
 
 
-@pytest.mark.parametrize("change", [dict(dtype="bfloat16"), dict(logits_dtype="bfloat16"),
-                                    dict(param_dtype="bfloat16")])
-def test_bfloat16_training_tracks_float32(change):
+@pytest.mark.parametrize("change,microbatches", [(dict(dtype="bfloat16"), 1), (dict(logits_dtype="bfloat16"), 1),
+                                                 (dict(param_dtype="bfloat16"), 1), (dict(param_dtype="bfloat16"), 4)])
+def test_bfloat16_training_tracks_float32(change, microbatches):
   """12 steps on one batch move the loss by ~1.5 nats; bfloat16 rounding stays within 0.1 of float32 at every step
-  (a lost or wrong update, or a bfloat16 loss, would leave the curve)."""
-  reference, lower = _curve(CFG), _curve(CFG.replace(**change))
+  (a lost or wrong update, or a bfloat16 loss, would leave the curve). bfloat16 parameters with 4 microbatches
+  accumulate their gradients in float32 and keep the parameters and moments bfloat16."""
+  reference, lower = _curve(CFG), _curve(CFG.replace(**change), microbatches=microbatches)
   assert reference[0] - reference[-1] > 1.0
   np.testing.assert_allclose(lower, reference, atol=0.1)
 

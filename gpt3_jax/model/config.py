@@ -55,7 +55,8 @@ class ModelConfig:
     The precision policy is three dtypes (MaxText's weight_dtype / dtype / logits in float32):
     param_dtype: storage dtype of the parameters, hence of their gradients and Adam moments: "float32" (the
       default, what training should use) or "bfloat16" (half the memory for sampling, scoring or evaluating a
-      big model; training then rounds every update to bfloat16). LoRA adapters are always float32.
+      big model; training then rounds every update to bfloat16). LoRA adapters and a classifier's score head
+      are always float32 (they are what a fine-tune of a bfloat16 base trains).
     dtype: compute dtype of activations and matmul inputs: "auto" (the default: float32 on CPU, bfloat16 on GPU
       and TPU, `resolve_dtype`), "float32", "bfloat16" or "float16". Attention softmax and LayerNorm statistics
       accumulate in float32 whatever it is.

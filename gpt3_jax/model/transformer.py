@@ -147,7 +147,7 @@ class GPT(nn.Module):
     self.ln_f = _layer_norm(cfg, "ln_f")
     if cfg.class_labels:
       self.score = self.param("score", nn.with_logical_partitioning(init, ("embed", None)),
-                              (cfg.d_model, cfg.num_labels), pdt)
+                              (cfg.d_model, cfg.num_labels), jnp.float32)  # trained, as LoRA's adapters
 
   def __call__(self, tokens: jax.Array, positions: Optional[jax.Array] = None, *,
                last_only: bool = False) -> jax.Array:

@@ -102,10 +102,13 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformationExtraArgs,
         mb_rng = None if rng is None else jax.random.fold_in(rng, index)
         return jax.tree.map(jnp.add, acc, summed_grads_of(state.params, mb, mb_rng)), None
 
-      zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+      # The running sum is float32 whatever param_dtype is (a bfloat16 sum would round every microbatch).
+      zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+               jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
       (total, count, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num_microbatches)))
-      loss, grads = total / count, jax.tree.map(lambda g: g / count, grads)
-    grad_norm = optax.tree.norm(grads)
+      loss = total / count
+      grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, state.params)
+    grad_norm = optax.tree.norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))  # float32 for bf16 grads
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def apply(_):
