@@ -8,8 +8,8 @@ are an explicit estimate (`activation_bytes`); FLOPs use the PaLM formula of gpt
 Memory model per device (bytes), for the configured remat policy:
   params + gradients + optimizer state + activations, and the plan fits when this is at most
   USABLE_MEMORY_FRACTION of the chip's memory (XLA needs the rest for temporaries and fragmentation).
-  gradients: in param_dtype (float32 by default), sharded like the params; with gradient accumulation (microbatches > 1) twice that
-  (the running sum and one microbatch's gradient).
+  gradients: in param_dtype (float32 by default), sharded like the params; with gradient accumulation
+  (microbatches > 1) twice that (the running sum and one microbatch's gradient).
 """
 
 from __future__ import annotations

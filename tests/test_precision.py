@@ -1,6 +1,8 @@
 """The precision policy (ModelConfig.param_dtype / dtype / logits_dtype): 'auto' by platform, each dtype where it
 belongs in the parameters, the logits and the planner, and bfloat16 training that tracks float32."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -58,6 +60,7 @@ def test_bfloat16_logits_give_the_float32_loss_of_the_rounded_logits():
   np.testing.assert_allclose(float(total / count), float(expect / count), rtol=1e-6)
 
 
+@functools.cache  # the float32 reference is shared by every case
 def _curve(cfg, steps=12, lr=3e-3, microbatches=1):
   mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(shape=(1, 1, 1)), devices=jax.devices()[:1])
   asm = assembly.assemble(cfg, opt_lib.OptimizerConfig(), mesh, seq_len=cfg.n_ctx, num_microbatches=microbatches)
@@ -70,15 +73,19 @@ def _curve(cfg, steps=12, lr=3e-3, microbatches=1):
   return np.array(losses)
 
 
-@pytest.mark.parametrize("change,microbatches", [(dict(dtype="bfloat16"), 1), (dict(logits_dtype="bfloat16"), 1),
-                                                 (dict(param_dtype="bfloat16"), 1), (dict(param_dtype="bfloat16"), 4)])
-def test_bfloat16_training_tracks_float32(change, microbatches):
-  """12 steps on one batch move the loss by ~1.5 nats; bfloat16 rounding stays within 0.1 of float32 at every step
-  (a lost or wrong update, or a bfloat16 loss, would leave the curve). bfloat16 parameters with 4 microbatches
-  accumulate their gradients in float32 and keep the parameters and moments bfloat16."""
+@pytest.mark.parametrize("change,microbatches,atol", [(dict(dtype="bfloat16"), 1, 0.005),
+                                                      (dict(logits_dtype="bfloat16"), 1, 0.005),
+                                                      (dict(param_dtype="bfloat16"), 1, 0.1),
+                                                      (dict(param_dtype="bfloat16"), 4, 0.1)])
+def test_bfloat16_training_tracks_float32(change, microbatches, atol):
+  """12 steps on one batch move the loss by ~2.2 nats. Measured against float32 (2026-12-03): bfloat16 compute
+  stays within 0.0012 and bfloat16 logits within 0.0007, where every update 1% too large moves the curve 0.0085;
+  bfloat16 parameters (updates rounded to bfloat16) within 0.052, where one lost update moves it 0.21. bfloat16
+  parameters with 4 microbatches accumulate their gradients in float32 and keep parameters and moments bfloat16
+  (the step's lax.cond refuses a dtype change)."""
   reference, lower = _curve(CFG), _curve(CFG.replace(**change), microbatches=microbatches)
   assert reference[0] - reference[-1] > 1.0
-  np.testing.assert_allclose(lower, reference, atol=0.1)
+  np.testing.assert_allclose(lower, reference, atol=atol)
 
 
 def test_the_planner_counts_each_dtype():

@@ -113,7 +113,7 @@ def _merge(a, b):
 
 def _causal_by_halves(qh, kh, vh, block: int):
   """Dense causal attention [B, H, T, D] -> [B, H, T, D] for T = block * 2^k, in log2(T / block) + 1 batched
-  products of one shape each, whatever T is.
+  products (one per chunk size, each batched over all its chunks).
 
   Cut the sequence into chunks of c = T/2, T/4, ..., block: at each size, every odd chunk attends the whole even
   chunk before it (a square, unmasked product, batched over all such chunk pairs), and finally every block
