@@ -74,7 +74,8 @@ def _ours(shape: Shape, bindings):
   return step, f"jax {jax.__version__} ({cfg.attention_impl} attention, scan_layers={cfg.scan_layers})"
 
 
-def _pytorch(shape: Shape):
+def pytorch_model(shape: Shape, lr: float = 1e-4):
+  """Hugging Face's GPT2LMHeadModel of `shape` (no dropout, sdpa attention) in training mode, and its AdamW."""
   import torch
   import transformers
   torch.manual_seed(0)
@@ -83,7 +84,13 @@ def _pytorch(shape: Shape):
                                    n_layer=shape.n_layers, n_head=shape.n_heads, resid_pdrop=0.0, embd_pdrop=0.0,
                                    attn_pdrop=0.0, bos_token_id=shape.vocab - 1, eos_token_id=shape.vocab - 1)
   model = transformers.GPT2LMHeadModel(config).train()
-  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+  return model, torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+
+
+def _pytorch(shape: Shape):
+  import torch
+  import transformers
+  model, optimizer = pytorch_model(shape)
   batches = [torch.randint(0, shape.vocab, (shape.batch, shape.seq)) for _ in range(2)]
   holder = {"i": 0}
 

@@ -16,8 +16,17 @@ def _sample(result: RunResult, train_cfg) -> str:
   prompt_ids = tokenizer.encode(train_cfg.sample_prompt) if train_cfg.sample_prompt else [tokenizer.eot_id]
   new = sampling.generate(result.model_config, result.state.params, [prompt_ids],
                           max_new_tokens=train_cfg.sample_tokens, temperature=train_cfg.sample_temperature,
-                          eot_id=tokenizer.eot_id, seed=train_cfg.seed)[0]
+                          top_k=train_cfg.sample_top_k, top_p=train_cfg.sample_top_p, eot_id=tokenizer.eot_id, seed=train_cfg.seed)[0]
   return tokenizer.decode(new)
+
+
+def _sampling_settings(train_cfg) -> str:
+  parts = [f"temperature {train_cfg.sample_temperature}"]
+  if train_cfg.sample_top_k:
+    parts.append(f"top_k {train_cfg.sample_top_k}")
+  if train_cfg.sample_top_p < 1.0:
+    parts.append(f"top_p {train_cfg.sample_top_p}")
+  return ", ".join(parts)
 
 
 def _print_language_model(result: RunResult) -> None:
@@ -64,7 +73,7 @@ def print_summary(result: RunResult, train_cfg) -> None:
     b = result.best
     print(f"best {b['metric']} {b['value']:.4f} at step {b['step']}: parameters kept in <workdir>/best")
   if sampled:
-    print(f"--- sample (temperature {train_cfg.sample_temperature}) ---")
+    print(f"--- sample ({_sampling_settings(train_cfg)}) ---")
     print(f"{train_cfg.sample_prompt}{completion}")
   elif train_cfg.sample_tokens > 0:
     print("--- no sample: this run has no tokenizer (token-file data); set DataConfig.tokenizer_path to decode ---")

@@ -85,6 +85,22 @@ def test_validate_rejects_bad_training_settings(change, message, tiny_text_dir, 
     validation.validate(tc.MODEL, tc.data(tiny_text_dir, tiny_data_dir), tc.MESH, tc.train(**change), str(tmp_path))
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(sample_top_p=0.0), r"TrainConfig.sample_top_p must be in \(0, 1\] \(1: off\), got 0.0; e.g. "),
+    (dict(sample_top_k=-1), "TrainConfig.sample_top_k must be >= 0"),
+])
+def test_bad_sampling_settings_are_refused_when_configured(change, message):
+  with pytest.raises(ValueError, match=message):
+    tc.train(**change)
+
+
+def test_the_summary_names_the_sampling_filters():
+  from gpt3_jax import run_summary
+  assert run_summary._sampling_settings(tc.train()) == "temperature 0.8"
+  assert run_summary._sampling_settings(tc.train(sample_top_k=40, sample_top_p=0.9)) == \
+      "temperature 0.8, top_k 40, top_p 0.9"
+
+
 def test_gin_errors_are_one_line():
   with pytest.raises(ValueError, match="bad gin configuration.*nonexistent"):
     configs.parse_and_build([], ["TrainConfig.nonexistent = 1"])

@@ -47,6 +47,8 @@ class TrainConfig:
   sample_prompt: str = ""
   sample_tokens: int = 64
   sample_temperature: float = 0.8
+  sample_top_k: int = 0  # 0: no top-k filter
+  sample_top_p: float = 1.0  # 1: no nucleus filter
   # Numerical faults: a non-finite step changes nothing; this many in a row stop the run.
   max_consecutive_nonfinite: int = 5
   # Loss spikes (PaLM): loss > spike_factor x the mean of the last spike_window losses restores the newest
@@ -89,6 +91,12 @@ class TrainConfig:
     for name in ("spike_factor", "batch_ramp_tokens", "sample_temperature"):
       if isinstance(getattr(self, name), (int, float)):
         check_finite("TrainConfig", name, getattr(self, name), low=0.0, example=getattr(TrainConfig, name))
+    if isinstance(self.sample_top_k, int) and self.sample_top_k < 0:
+      raise ValueError(f"TrainConfig.sample_top_k must be >= 0 (0: off), got {self.sample_top_k}; e.g. "
+                       f"TrainConfig.sample_top_k = 40")
+    if isinstance(self.sample_top_p, (int, float)) and not 0.0 < self.sample_top_p <= 1.0:
+      raise ValueError(f"TrainConfig.sample_top_p must be in (0, 1] (1: off), got {self.sample_top_p}; e.g. "
+                       f"TrainConfig.sample_top_p = 0.9")
 
   def resolved_seq_len(self, n_ctx: int) -> int:
     return self.seq_len or n_ctx
