@@ -2,7 +2,7 @@ r"""Whole training runs, start to exit, ours against a nanoGPT-style PyTorch loo
 
   python experiments/e2e_benchmark.py [--steps=150 --eval_every=50 --eval_batches=4 --rounds=2]
 
-Both train the quickstart's tiny shape (4 layers, d_model 256, vocab 4096; dense attention, float32; 8 x 256
+Both train tiny.gin's shape (4 layers, d_model 256, vocab 4096; dense attention, float32; 8 x 256
 tokens a step) on the same nanoGPT token files, exported once from the embedded stdlib corpus
 (`python -m gpt3_jax.data.export_tokens`, not timed). Ours is `python -m gpt3_jax.main` as a user runs it (data
 pipeline, compilation, evaluation at the cadence, an orbax checkpoint at the end, the closing summary), with a
@@ -87,7 +87,8 @@ def _ours(gin_file: str, workdir: str, cache: str) -> dict:
     records = [json.loads(line) for line in f]
   rates = [r["tokens_per_s"] for r in records if r.get("split") == "train" and "tokens_per_s" in r]
   val = [r["loss"] for r in records if r.get("split") != "train" and "loss" in r]
-  return {"wall_s": wall, "step_s": BATCH * SEQ / statistics.median(rates), "val_loss": val[-1] if val else None}
+  last_val = val[-1] if val else float("nan")
+  return {"wall_s": wall, "step_s": BATCH * SEQ / statistics.median(rates), "val_loss": last_val}
 
 
 def _pytorch(tokens: str, out_dir: str) -> dict:

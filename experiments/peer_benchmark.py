@@ -13,7 +13,8 @@ time of each, tokens/s, and `speed-up` = PyTorch's median / ours (> 1: we are fa
 Shapes:
   124m   GPT-2 124M: 12 layers, d_model 768, 12 heads, vocab 50257; seq 256, batch 4
   0.8m   4 layers, d_model 128, 4 heads, vocab 65; seq 64, batch 12 (nanoGPT's Shakespeare-char scale)
-  tiny   the quickstart's model (gin_configs/models/tiny.gin, vocab 4096) with dense attention; seq 256, batch 8
+  tiny   gin_configs/models/tiny.gin (d_model 256, vocab 4096; the quickstart's until it went 128 wide) with dense
+         attention; seq 256, batch 8
 """
 
 from __future__ import annotations

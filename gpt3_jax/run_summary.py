@@ -16,7 +16,8 @@ def _sample(result: RunResult, train_cfg) -> str:
   prompt_ids = tokenizer.encode(train_cfg.sample_prompt) if train_cfg.sample_prompt else [tokenizer.eot_id]
   new = sampling.generate(result.model_config, result.state.params, [prompt_ids],
                           max_new_tokens=train_cfg.sample_tokens, temperature=train_cfg.sample_temperature,
-                          top_k=train_cfg.sample_top_k, top_p=train_cfg.sample_top_p, eot_id=tokenizer.eot_id, seed=train_cfg.seed)[0]
+                          top_k=train_cfg.sample_top_k, top_p=train_cfg.sample_top_p, eot_id=tokenizer.eot_id,
+                          seed=train_cfg.seed)[0]
   return tokenizer.decode(new)
 
 

@@ -7,12 +7,14 @@ import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 import tiny_configs as tc
 from gpt3_jax import configs
 from gpt3_jax.training import trainer, validation
+from gpt3_jax.training.run_result import RunResult
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,11 +96,25 @@ def test_bad_sampling_settings_are_refused_when_configured(change, message):
     tc.train(**change)
 
 
-def test_the_summary_names_the_sampling_filters():
+def test_the_summary_samples_with_the_configured_filters_and_names_them(monkeypatch):
   from gpt3_jax import run_summary
+  from gpt3_jax.inference import sampling
   assert run_summary._sampling_settings(tc.train()) == "temperature 0.8"
-  assert run_summary._sampling_settings(tc.train(sample_top_k=40, sample_top_p=0.9)) == \
-      "temperature 0.8, top_k 40, top_p 0.9"
+  cfg = tc.train(sample_top_k=40, sample_top_p=0.9, sample_tokens=3, sample_prompt="ab")
+  assert run_summary._sampling_settings(cfg) == "temperature 0.8, top_k 40, top_p 0.9"
+  calls = []
+  monkeypatch.setattr(sampling, "generate", lambda *a, **kw: calls.append(kw) or [[7, 8, 9]])
+
+  class Tokenizer:
+    eot_id = 0
+    encode = staticmethod(lambda text: [1, 2])
+    decode = staticmethod(lambda ids: ",".join(map(str, ids)))
+
+  result = RunResult(step=1, eval_loss=1.0, eval_metrics={}, unigram_loss=2.0, compile_seconds=0.0,
+                     model_config=tc.MODEL, state=SimpleNamespace(params={}), tokenizer=Tokenizer(), preempted=False,
+                     initialized_from="scratch")
+  assert run_summary._sample(result, cfg) == "7,8,9"
+  assert (calls[0]["top_k"], calls[0]["top_p"], calls[0]["max_new_tokens"]) == (40, 0.9, 3)
 
 
 def test_gin_errors_are_one_line():
