@@ -1,6 +1,6 @@
 r"""Our training step against Hugging Face's GPT2LMHeadModel in PyTorch eager, same shapes, interleaved.
 
-  python experiments/peer_benchmark.py                       # the three shapes below
+  python experiments/peer_benchmark.py                       # the four shapes below
   python experiments/peer_benchmark.py --shapes=0.8m --rounds=8 --gin_bindings="ModelConfig.scan_layers = False"
 
 Each framework runs in its own process (its own thread pools and allocator) and keeps its compiled / built step;
@@ -15,11 +15,13 @@ Shapes:
   0.8m   4 layers, d_model 128, 4 heads, vocab 65; seq 64, batch 12 (nanoGPT's Shakespeare-char scale)
   tiny   gin_configs/models/tiny.gin (d_model 256, vocab 4096; the quickstart's until it went 128 wide) with dense
          attention; seq 256, batch 8
+  quickstart   gin_configs/experiments/quickstart.gin's model (tiny.gin 128 wide, 4 heads) with dense attention;
+         seq 256, batch 8
+Ours runs its layer stack unrolled (ModelConfig.scan_unroll = n_layers, as quickstart.gin does on CPU).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import os
 import statistics
@@ -30,26 +32,13 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark  # noqa: E402  same directory: its compiled train step, and its --gin_bindings for our model
+from peer_models import SHAPES, Shape, pytorch_model  # noqa: E402  the shapes and the PyTorch model
 
-flags.DEFINE_list("shapes", ["tiny", "0.8m", "124m"], "Which shapes (tiny, 0.8m, 124m).")
+flags.DEFINE_list("shapes", ["quickstart", "tiny", "0.8m", "124m"], "Which shapes (quickstart, tiny, 0.8m, 124m).")
 flags.DEFINE_integer("block_steps", 5, "Steps per block; each round runs one block of each framework.")
 flags.DEFINE_integer("rounds", 4, "Rounds of interleaved blocks (after a warm-up block each).")
 flags.DEFINE_float("pause_s", 0.5, "Pause between blocks.")
 FLAGS = flags.FLAGS
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-  n_layers: int
-  d_model: int
-  n_heads: int
-  vocab: int
-  seq: int
-  batch: int
-
-
-SHAPES = {"124m": Shape(12, 768, 12, 50257, 256, 4), "0.8m": Shape(4, 128, 4, 65, 64, 12),
-          "tiny": Shape(4, 256, 8, 4096, 256, 8)}
 
 
 def _ours(shape: Shape, bindings):
@@ -61,7 +50,8 @@ def _ours(shape: Shape, bindings):
   base = [f"ModelConfig.n_layers = {shape.n_layers}", f"ModelConfig.d_model = {shape.d_model}",
           f"ModelConfig.n_heads = {shape.n_heads}", f"ModelConfig.d_head = {shape.d_model // shape.n_heads}",
           f"ModelConfig.vocab_size = {shape.vocab}", f"ModelConfig.n_ctx = {shape.seq}",
-          "ModelConfig.attention_pattern = 'dense'", "ModelConfig.dtype = 'float32'"]
+          "ModelConfig.attention_pattern = 'dense'", "ModelConfig.dtype = 'float32'",
+          f"ModelConfig.scan_unroll = {shape.n_layers}"]  # the whole stack unrolled, as quickstart.gin runs on CPU
   cfg = configs.parse_and_build([], base + list(bindings)).model
   compiled, state, batches, lr, _ = benchmark.compiled_train_step(cfg, seq_len=shape.seq, batch_size=shape.batch,
                                                                   num_batches=2)
@@ -73,19 +63,6 @@ def _ours(shape: Shape, bindings):
     jax.block_until_ready((holder["state"], metrics))
 
   return step, f"jax {jax.__version__} ({cfg.attention_impl} attention, scan_layers={cfg.scan_layers})"
-
-
-def pytorch_model(shape: Shape, lr: float = 1e-4):
-  """Hugging Face's GPT2LMHeadModel of `shape` (no dropout, sdpa attention) in training mode, and its AdamW."""
-  import torch
-  import transformers
-  torch.manual_seed(0)
-  torch.set_num_threads(os.cpu_count())
-  config = transformers.GPT2Config(vocab_size=shape.vocab, n_positions=shape.seq, n_embd=shape.d_model,
-                                   n_layer=shape.n_layers, n_head=shape.n_heads, resid_pdrop=0.0, embd_pdrop=0.0,
-                                   attn_pdrop=0.0, bos_token_id=shape.vocab - 1, eos_token_id=shape.vocab - 1)
-  model = transformers.GPT2LMHeadModel(config).train()
-  return model, torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
 
 
 def _pytorch(shape: Shape):

@@ -2,7 +2,7 @@ r"""A nanoGPT-style PyTorch training run on nanoGPT token files: the PyTorch sid
 
   python experiments/torch_train_loop.py --data_dir=DIR --out_dir=DIR [--shape=tiny --steps=150 --eval_every=50]
 
-What nanoGPT's train.py does on CPU, with Hugging Face's GPT2LMHeadModel (peer_benchmark.pytorch_model: no
+What nanoGPT's train.py does on CPU, with Hugging Face's GPT2LMHeadModel (peer_models.pytorch_model: no
 dropout, sdpa attention): memory-mapped uint16 train.bin / val.bin, random windows each step, AdamW(0.9, 0.95,
 weight decay 0.1) with linear warm-up and cosine decay to a tenth, clip_grad_norm_(1.0), the loss fetched every
 --log_every steps, the validation loss over --eval_batches fixed batches every --eval_every steps and at the end,
@@ -23,11 +23,11 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peer_benchmark  # noqa: E402  same directory: the shapes and the model
+import peer_models  # noqa: E402  same directory: the shapes and the model
 
 flags.DEFINE_string("data_dir", None, "Directory with train.bin and val.bin (uint16 ids).", required=True)
 flags.DEFINE_string("out_dir", None, "Where the checkpoint goes.", required=True)
-flags.DEFINE_enum("shape", "tiny", sorted(peer_benchmark.SHAPES), "Model and batch shape (peer_benchmark's).")
+flags.DEFINE_enum("shape", "tiny", sorted(peer_models.SHAPES), "Model and batch shape (peer_benchmark's).")
 flags.DEFINE_integer("steps", 150, "Training steps.")
 flags.DEFINE_integer("warmup_steps", 10, "Linear warm-up steps.")
 flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
@@ -47,10 +47,10 @@ def _learning_rate(step: int) -> float:
 def main(argv):
   del argv
   import torch
-  shape = peer_benchmark.SHAPES[FLAGS.shape]
+  shape = peer_models.SHAPES[FLAGS.shape]
   train = np.memmap(os.path.join(FLAGS.data_dir, "train.bin"), dtype=np.uint16, mode="r")
   val = np.memmap(os.path.join(FLAGS.data_dir, "val.bin"), dtype=np.uint16, mode="r")
-  model, optimizer = peer_benchmark.pytorch_model(shape, FLAGS.learning_rate)
+  model, optimizer = peer_models.pytorch_model(shape, FLAGS.learning_rate)
   rng = np.random.default_rng(0)
 
   def window(tokens, start):
