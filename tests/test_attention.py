@@ -64,7 +64,7 @@ def test_attention_matches_numpy_reference(impl, window):
   np.testing.assert_allclose(np.asarray(got), numpy_attention(q, k, v, window), atol=ATOL, rtol=ATOL)
 
 
-@pytest.mark.parametrize("block", [4, 8, 5])  # 5 does not divide T=16: one masked block
+@pytest.mark.parametrize("block", [4, 8, 5, 2])  # 5 does not divide T=16: one masked block; 2: 8 blocks
 @pytest.mark.parametrize("window", [None, 1, 3, 4, 6, 9, 100])
 def test_block_sparse_attention_matches_numpy_reference(block, window):
   """Query blocks that skip the key blocks outside their band: same values as the float64 reference, and the
@@ -123,14 +123,17 @@ def test_block_sparse_work_follows_the_band():
   one_block = matmul_flops(None, 0)
   assert one_block == 2 * 2 * 256 * 256 * 16 * 2  # QK and PV for 2 heads
   assert matmul_flops(None, 32) / one_block == 9 / 16
-  assert matmul_flops(32, 32) / one_block == 15 / 64  # 2 key blocks per query block, 1 for the first
-  # keys s - 99 .. s + 31 of a query block starting at s span 5 key blocks once the band is full
-  assert matmul_flops(100, 32) / one_block == (1 + 2 + 3 + 4 + 5 * 4) / 64
-  for window, block in [(None, 0), (None, 32), (32, 32), (100, 32), (7, 64), (None, 100)]:
+  # 2 key blocks per query block, the first's left one padding (one product for all 8 blocks, not 2)
+  assert matmul_flops(32, 32) / one_block == 16 / 64
+  # keys s - 99 .. s + 31 of a query block starting at s span 5 key blocks, padded on the left near key 0
+  assert matmul_flops(100, 32) / one_block == 5 * 8 / 64
+  # below HALVES_MIN_BLOCKS blocks, those whose band starts at key 0 keep their exact ranges: 1 + 2 * 3 of 4 * 4
+  assert matmul_flops(64, 64) / one_block == 7 / 16
+  for window, block in [(None, 0), (None, 32), (32, 32), (100, 32), (7, 64), (None, 100), (300, 32), (64, 64)]:
     assert matmul_flops(window, block) == 2 * 2 * 2 * 16 * attention.scores_computed(256, window, block)
   alternating = ModelConfig(n_ctx=256, n_layers=4, attention_pattern="alternating", local_window=32,
                             attention_block=32)
-  assert attention.model_pairs_computed(alternating, 256) == 2 * (36 + 15) * 32 * 32  # 2 dense + 2 local layers
+  assert attention.model_pairs_computed(alternating, 256) == 2 * (36 + 16) * 32 * 32  # 2 dense + 2 local layers
 
 
 def test_per_row_positions_match_numpy_reference():
