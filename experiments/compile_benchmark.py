@@ -21,6 +21,7 @@ flags.DEFINE_integer("seq_len", 128, "Sequence length (= n_ctx).")
 flags.DEFINE_integer("batch_size", 8, "Global batch (sequences).")
 flags.DEFINE_string("remat", "none", "ModelConfig.remat_policy.")
 flags.DEFINE_integer("repeats", 2, "Compiles per config, interleaved over depths; the fastest is reported.")
+flags.DEFINE_integer("local_window", 32, "Band width of the local layers (GPT-3 Small: 256).")
 flags.DEFINE_integer("attention_block", 128, "ModelConfig.attention_block (0: one masked block per layer).")
 flags.DEFINE_bool("unrolled", False, "Also compile with scan_layers=False (time grows with depth).")
 FLAGS = flags.FLAGS
@@ -55,7 +56,7 @@ def main(argv) -> None:
 
   def config(n_layers: int, scan: bool) -> ModelConfig:
     return ModelConfig(vocab_size=512, n_ctx=FLAGS.seq_len, d_model=FLAGS.d_model, n_layers=n_layers,
-                       n_heads=FLAGS.n_heads, d_head=FLAGS.d_model // FLAGS.n_heads, local_window=32,
+                       n_heads=FLAGS.n_heads, d_head=FLAGS.d_model // FLAGS.n_heads, local_window=FLAGS.local_window,
                        attention_block=FLAGS.attention_block,
                        attention_pattern="alternating", remat_policy=FLAGS.remat, scan_layers=scan)
 
