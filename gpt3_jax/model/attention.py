@@ -103,7 +103,8 @@ def scores_computed(t: int, window: Optional[int], block: int) -> int:
     return t * t
   n = t // block
   own = _own_blocks(n, window, block)
-  exact = sum(block * (start + block - key_block_start(start, window, block)) for start in range(0, own * block, block))
+  exact = sum(block * (start + block - key_block_start(start, window, block))
+              for start in range(0, own * block, block))
   if own == n:
     return exact
   return exact + (n - own) * block * (_reach(window, block) + 1) * block
