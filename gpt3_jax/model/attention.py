@@ -175,7 +175,7 @@ def _block_sparse(qh, kh, vh, window: Optional[int], block: int):
   under the same band (relative positions repeat): they are one batched product over [B, H, blocks, block, D]
   against the stacked key windows, instead of one product each. From HALVES_MIN_BLOCKS blocks on that product
   covers every block: keys left of position 0 are padding, masked out, so a local layer compiles one product
-  (GPT-3 Small at T = 2048: 1 instead of 3, 16 per block before 2026-12-02, at 48 instead of 45 computed block pairs)."""
+  (GPT-3 Small at T = 2048: 1 instead of 3 (16 before 2026-12-02), at 48 instead of 45 computed block pairs)."""
   b, h, t, d = qh.shape
   n = t // block
   if window is None and n >= HALVES_MIN_BLOCKS and n & (n - 1) == 0:
