@@ -189,7 +189,7 @@ def _block_sparse(qh, kh, vh, window: Optional[int], block: int):
     outs.append(_attention_core(qh[:, :, start:stop], kh[:, :, lo:stop], vh[:, :, lo:stop], mask))
   if own < n:
     reach, count = _reach(window, block), n - own
-    pad = max(0, reach - own)  # key blocks of padding left of position 0
+    pad = reach - own  # key blocks of padding left of position 0: all `reach` when own is 0, else none
     q_blocks = qh[:, :, own * block:].reshape(b, h, count, block, d)
 
     def windows(x):  # [B, H, count, (reach + 1) * block, D]: key blocks i - reach .. i of each query block i
