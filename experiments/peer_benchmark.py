@@ -1,14 +1,16 @@
-r"""Our training step against Hugging Face's GPT2LMHeadModel in PyTorch eager, same shapes, interleaved.
+r"""Our training step against Hugging Face's GPT2LMHeadModel in PyTorch eager (and MaxText's), same shapes, interleaved.
 
   python experiments/peer_benchmark.py                       # the four shapes below
   python experiments/peer_benchmark.py --shapes=0.8m --rounds=8 --gin_bindings="ModelConfig.scan_layers = False"
+  python experiments/peer_benchmark.py --shapes=124m --peers=pytorch,maxtext --maxtext_python=/tmp/mtvenv/bin/python
 
 Each framework runs in its own process (its own thread pools and allocator) and keeps its compiled / built step;
 the driver alternates them, `--block_steps` steps at a time for `--rounds` rounds, with a pause between blocks so one's
 spinning threads never overlap the other's steps. A step is forward, backward and the optimizer update of the
 same model: float32, dense causal attention, no dropout; ours is the real jitted train step (Adam(0.9, 0.95),
-weight decay, clip 1.0, donated state), PyTorch's is AdamW with clip_grad_norm_(1.0). Reported: the median step
-time of each, tokens/s, and `speed-up` = PyTorch's median / ours (> 1: we are faster). Synthetic random tokens.
+weight decay, clip 1.0, donated state), PyTorch's is AdamW with clip_grad_norm_(1.0); MaxText's is its own jitted
+train step in another Python (maxtext_worker.py says how it is configured and installed). Reported: the median step
+time of each, tokens/s, and `vs X` = X's median / ours (> 1: we are faster). Synthetic random tokens.
 
 Shapes:
   124m   GPT-2 124M: 12 layers, d_model 768, 12 heads, vocab 50257; seq 256, batch 4
@@ -22,9 +24,12 @@ Ours runs its layer stack unrolled (ModelConfig.scan_unroll = n_layers, as quick
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -38,6 +43,9 @@ flags.DEFINE_list("shapes", ["quickstart", "tiny", "0.8m", "124m"], "Which shape
 flags.DEFINE_integer("block_steps", 5, "Steps per block; each round runs one block of each framework.")
 flags.DEFINE_integer("rounds", 4, "Rounds of interleaved blocks (after a warm-up block each).")
 flags.DEFINE_float("pause_s", 0.5, "Pause between blocks.")
+flags.DEFINE_list("peers", ["pytorch"], "Whom to time against: pytorch, maxtext (needs --maxtext_python).")
+flags.DEFINE_string("maxtext_python", "", "A Python with MaxText installed, for --peers=maxtext (maxtext_worker.py).")
+flags.DEFINE_bool("maxtext_scan_layers", True, "MaxText's layers scanned (its default) or unrolled.")
 FLAGS = flags.FLAGS
 
 
@@ -102,37 +110,85 @@ def _worker(kind: str, shape: Shape, bindings, conn) -> None:
     conn.send(times)
 
 
-def compare(name: str, shape: Shape, *, steps: int, rounds: int, pause_s: float, bindings=()) -> dict:
-  ctx = mp.get_context("spawn")
-  workers = {}
-  for kind in ("ours", "pytorch"):  # built one after the other: compilation never overlaps the other's build
-    parent, child = ctx.Pipe()
-    process = ctx.Process(target=_worker, args=(kind, shape, list(bindings), child), daemon=True)
-    process.start()
+class _ProcessWorker:
+  """A worker in a spawned process of this Python (ours, PyTorch), spoken to through a Pipe."""
+
+  def __init__(self, kind: str, shape: Shape, bindings):
+    parent, child = mp.get_context("spawn").Pipe()
+    self.process = mp.get_context("spawn").Process(target=_worker, args=(kind, shape, list(bindings), child),
+                                                   daemon=True)
+    self.process.start()
     child.close()  # the worker holds the only other end: its death ends recv() with EOFError
-    description = parent.recv()
-    if isinstance(description, Exception):
-      raise description
-    workers[kind] = (process, parent, description)
-  times = {kind: [] for kind in workers}
+    self.conn = parent
+    self.description = self.conn.recv()
+    if isinstance(self.description, Exception):
+      raise self.description
+
+  def run(self, steps: int) -> list[float]:
+    self.conn.send(steps)
+    return self.conn.recv()
+
+  def close(self) -> None:
+    if self.process.is_alive():
+      self.conn.send(None)
+    self.process.join(timeout=30)
+
+
+class _CommandWorker:
+  """A worker in another Python (MaxText's): maxtext_worker.py's line protocol over its stdin and stdout."""
+
+  def __init__(self, command: list[str]):
+    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    self.description = self._read()
+
+  def _read(self):
+    line = self.process.stdout.readline()
+    if not line:
+      raise RuntimeError(f"{self.process.args[1]} exited with {self.process.wait()} (its stderr is above)")
+    return json.loads(line)
+
+  def run(self, steps: int) -> list[float]:
+    self.process.stdin.write(f"{steps}\n")
+    return self._read()
+
+  def close(self) -> None:
+    if self.process.poll() is None:
+      self.process.stdin.write("0\n")
+      self.process.stdin.close()
+    self.process.wait(timeout=30)
+
+
+def _start(kind: str, shape: Shape, bindings, maxtext_python: str):
+  if kind != "maxtext":
+    return _ProcessWorker(kind, shape, bindings)
+  worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "maxtext_worker.py")
+  return _CommandWorker([maxtext_python, worker, json.dumps(dataclasses.asdict(shape)),
+                         "scan" if FLAGS.maxtext_scan_layers else "unrolled"])
+
+
+def compare(name: str, shape: Shape, *, steps: int, rounds: int, pause_s: float, bindings=(),
+            peers=("pytorch",), maxtext_python: str = "") -> dict:
+  kinds = ("ours",) + tuple(peers)
+  workers = {}
   try:
+    for kind in kinds:  # built one after the other: compilation never overlaps another's build
+      workers[kind] = _start(kind, shape, bindings, maxtext_python)
+    times = {kind: [] for kind in kinds}
     for r in range(rounds + 1):  # round 0 warms up (allocator, caches, first-run dispatch)
-      for kind in (("ours", "pytorch") if r % 2 == 0 else ("pytorch", "ours")):  # alternate who goes first
+      for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:  # rotate who goes first
         time.sleep(pause_s)
-        workers[kind][1].send(steps)
-        block = workers[kind][1].recv()
+        block = workers[kind].run(steps)
         if r:
           times[kind] += block
   finally:
-    for process, conn, _ in workers.values():
-      if process.is_alive():
-        conn.send(None)
-      process.join(timeout=30)
-  ours, theirs = statistics.median(times["ours"]), statistics.median(times["pytorch"])
+    for worker in workers.values():
+      worker.close()
+  medians = {kind: statistics.median(t) for kind, t in times.items()}
   tokens = shape.batch * shape.seq
-  return {"shape": name, "ours_ms": 1e3 * ours, "pytorch_ms": 1e3 * theirs, "ours_tokens_s": tokens / ours,
-          "pytorch_tokens_s": tokens / theirs, "speedup": theirs / ours, "steps_each": len(times["ours"]),
-          "ours": workers["ours"][2], "pytorch": workers["pytorch"][2]}
+  return {"shape": name, "ms": {k: 1e3 * m for k, m in medians.items()},
+          "tokens_s": {k: tokens / m for k, m in medians.items()},
+          "speedup": {k: medians[k] / medians["ours"] for k in peers}, "steps_each": len(times["ours"]),
+          "description": {k: w.description for k, w in workers.items()}}
 
 
 def main(argv):
@@ -140,15 +196,27 @@ def main(argv):
   unknown = [s for s in FLAGS.shapes if s not in SHAPES]
   if unknown:
     raise app.UsageError(f"--shapes: unknown {unknown}; choose from {sorted(SHAPES)}")
+  if bad := [p for p in FLAGS.peers if p not in ("pytorch", "maxtext")]:
+    raise app.UsageError(f"--peers: unknown {bad}; choose from pytorch, maxtext")
+  if "maxtext" in FLAGS.peers and not os.access(FLAGS.maxtext_python, os.X_OK):
+    raise app.UsageError(f"--maxtext_python={FLAGS.maxtext_python!r} is not an executable Python; give one with "
+                         "MaxText installed, e.g. --maxtext_python=/tmp/mtvenv/bin/python (see maxtext_worker.py)")
   rows = [compare(s, SHAPES[s], steps=FLAGS.block_steps, rounds=FLAGS.rounds, pause_s=FLAGS.pause_s,
-                  bindings=FLAGS.gin_bindings) for s in FLAGS.shapes]
-  print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs; ours: {rows[0]['ours']}; PyTorch: {rows[0]['pytorch']}")
-  print(f"{'shape':>6} {'ours ms':>9} {'PyTorch ms':>11} {'ours tok/s':>11} {'PyTorch tok/s':>14} {'speed-up':>9}")
+                  bindings=FLAGS.gin_bindings, peers=FLAGS.peers, maxtext_python=FLAGS.maxtext_python)
+          for s in FLAGS.shapes]
+  names = {"ours": "ours", "pytorch": "PyTorch", "maxtext": "MaxText"}
+  print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs; "
+        + "; ".join(f"{names[k]}: {d}" for k, d in rows[0]["description"].items()))
+  kinds = ["ours"] + FLAGS.peers
+  print(f"{'shape':>10} " + " ".join(f"{names[k] + ' ms':>11}" for k in kinds) + " "
+        + " ".join(f"{names[k] + ' tok/s':>14}" for k in kinds) + " "
+        + " ".join(f"{'vs ' + names[k]:>11}" for k in FLAGS.peers))
   for r in rows:
-    print(f"{r['shape']:>6} {r['ours_ms']:9.1f} {r['pytorch_ms']:11.1f} {r['ours_tokens_s']:11.0f} "
-          f"{r['pytorch_tokens_s']:14.0f} {r['speedup']:8.2f}x")
-  print(f"(median of {rows[0]['steps_each']} steps each, interleaved in blocks of {FLAGS.block_steps}; speed-up = "
-        f"PyTorch step time / ours)")
+    print(f"{r['shape']:>10} " + " ".join(f"{r['ms'][k]:11.1f}" for k in kinds) + " "
+          + " ".join(f"{r['tokens_s'][k]:14.0f}" for k in kinds) + " "
+          + " ".join(f"{r['speedup'][k]:10.2f}x" for k in FLAGS.peers))
+  print(f"(median of {rows[0]['steps_each']} steps each, interleaved in blocks of {FLAGS.block_steps}; vs X = "
+        f"X's step time / ours)")
 
 
 if __name__ == "__main__":
