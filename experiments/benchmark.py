@@ -105,6 +105,7 @@ def benchmark(model_cfg, *, seq_len: int, batch_size: int, steps: int, warmup: i
   median_s = statistics.median(step_s)
   result = {
       "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
+      "cpu": hardware.cpu_model(),
       "params": sum(x.size for x in jax.tree.leaves(state.params)), "dtype": model_cfg.compute_dtype,
       "seq_len": seq_len, "batch_size": batch_size, "compile_s": compile_s, "step_s": median_s,
       "step_s_min": min(step_s), "tokens_s": batch_size * seq_len / median_s,

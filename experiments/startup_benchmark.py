@@ -69,7 +69,8 @@ def main(argv):
       results["no cache"].append(_run(base + [f"--workdir={scratch}/none{r}", "--nocompilation_cache"], env))
       results["empty cache"].append(_run(base + [f"--workdir={scratch}/empty{r}"], cached))
       results["filled cache"].append(_run(base + [f"--workdir={scratch}/filled{r}"], cached))
-    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, {FLAGS.steps} steps, {FLAGS.repeats} repeats "
+    from gpt3_jax.parallel.hardware import cpu_model
+    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({cpu_model()}), {FLAGS.steps} steps, {FLAGS.repeats} repeats "
           f"(median)")
     print(f"{'run':>13} {'wall s':>8} {'train step compile s':>21}")
     for name, runs in results.items():

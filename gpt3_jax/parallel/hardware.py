@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import platform
 import time
 from typing import Optional
 
@@ -48,6 +49,19 @@ def device_peak_flops(device: Optional[jax.Device] = None) -> Optional[float]:
     if name in kind:
       return PEAK_FLOPS[name]
   return None
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The host CPU's model name (Linux's /proc/cpuinfo, else `platform`), for benchmark reports: the ratios
+  between frameworks depend on the CPU (vector units, AMX), and the development machines differ by day."""
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def measure_matmul_flops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:

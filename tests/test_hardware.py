@@ -1,0 +1,17 @@
+"""gpt3_jax.parallel.hardware: the CPU name the benchmarks print beside their ratios."""
+
+import platform
+
+from gpt3_jax.parallel import hardware
+
+
+def test_cpu_model_reads_the_model_name_line(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: avx2\n"
+                     "processor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+  assert hardware.cpu_model(str(cpuinfo)) == "AMD EPYC 7B13"
+
+
+def test_cpu_model_without_cpuinfo_falls_back_to_platform(tmp_path):
+  assert hardware.cpu_model(str(tmp_path / "missing")) == (platform.processor() or platform.machine())
+  assert hardware.cpu_model(str(tmp_path / "missing"))
