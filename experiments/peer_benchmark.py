@@ -2,15 +2,23 @@ r"""Our training step against Hugging Face's GPT2LMHeadModel in PyTorch eager (a
 
   python experiments/peer_benchmark.py                       # the four shapes below
   python experiments/peer_benchmark.py --shapes=0.8m --rounds=8 --gin_bindings="ModelConfig.scan_layers = False"
-  python experiments/peer_benchmark.py --shapes=124m --peers=pytorch,maxtext --maxtext_python=/tmp/mtvenv/bin/python
+  python experiments/peer_benchmark.py --shapes=124m --peers=pytorch,maxtext,maxtext_unrolled \
+      --maxtext_python=/tmp/mtvenv/bin/python
 
 Each framework runs in its own process (its own thread pools and allocator) and keeps its compiled / built step;
 the driver alternates them, `--block_steps` steps at a time for `--rounds` rounds, with a pause between blocks so one's
 spinning threads never overlap the other's steps. A step is forward, backward and the optimizer update of the
 same model: float32, dense causal attention, no dropout; ours is the real jitted train step (Adam(0.9, 0.95),
 weight decay, clip 1.0, donated state), PyTorch's is AdamW with clip_grad_norm_(1.0); MaxText's is its own jitted
-train step in another Python (maxtext_worker.py says how it is configured and installed). Reported: the median step
-time of each, tokens/s, and `vs X` = X's median / ours (> 1: we are faster). Synthetic random tokens.
+train step in another Python (maxtext_worker.py says how it is configured and installed), with its layers scanned
+(`maxtext`, its default) or unrolled (`maxtext_unrolled`). Reported: the median step time of each, tokens/s, and
+`vs X` = X's median / ours (> 1: we are faster). Synthetic random tokens.
+
+The ceiling: a fourth process times a square 2048 float32 matmul under XLA:CPU (this repository's jax) in the same
+rotation, best of each block, so every framework's model FLOP/s (the PaLM formula of our config, the same model
+for all three) reads as a fraction of what this machine's matmul unit gives in float32 at that time. Two
+frameworks at fractions f1 and f2 of one ceiling run at a speed ratio of f1 / f2 for the same FLOPs: no framework
+can be faster than a 1.0 fraction allows.
 
 Shapes:
   124m   GPT-2 124M: 12 layers, d_model 768, 12 heads, vocab 50257; seq 256, batch 4
@@ -43,9 +51,12 @@ flags.DEFINE_list("shapes", ["quickstart", "tiny", "0.8m", "124m"], "Which shape
 flags.DEFINE_integer("block_steps", 5, "Steps per block; each round runs one block of each framework.")
 flags.DEFINE_integer("rounds", 4, "Rounds of interleaved blocks (after a warm-up block each).")
 flags.DEFINE_float("pause_s", 0.5, "Pause between blocks.")
-flags.DEFINE_list("peers", ["pytorch"], "Whom to time against: pytorch, maxtext (needs --maxtext_python).")
-flags.DEFINE_string("maxtext_python", "", "A Python with MaxText installed, for --peers=maxtext (maxtext_worker.py).")
-flags.DEFINE_bool("maxtext_scan_layers", True, "MaxText's layers scanned (its default) or unrolled.")
+PEERS = {"pytorch": "PyTorch", "maxtext": "MaxText", "maxtext_unrolled": "MaxText unrolled"}
+flags.DEFINE_list("peers", ["pytorch"], "Whom to time against: pytorch, maxtext (its layers scanned, its default), "
+                  "maxtext_unrolled (both need --maxtext_python).")
+flags.DEFINE_string("maxtext_python", "", "A Python with MaxText installed, for the maxtext peers (maxtext_worker.py).")
+flags.DEFINE_bool("ceiling", True, "Time a square 2048 float32 matmul in the same rotation and report each "
+                  "framework's model FLOP/s as a fraction of it.")
 FLAGS = flags.FLAGS
 
 
@@ -54,13 +65,7 @@ def _ours(shape: Shape, bindings):
   from gpt3_jax.parallel import host_memory
   host_memory.retain_freed_memory()  # as `python -m gpt3_jax.main` does, before JAX starts its threads
   import jax
-  from gpt3_jax import configs
-  base = [f"ModelConfig.n_layers = {shape.n_layers}", f"ModelConfig.d_model = {shape.d_model}",
-          f"ModelConfig.n_heads = {shape.n_heads}", f"ModelConfig.d_head = {shape.d_model // shape.n_heads}",
-          f"ModelConfig.vocab_size = {shape.vocab}", f"ModelConfig.n_ctx = {shape.seq}",
-          "ModelConfig.attention_pattern = 'dense'", "ModelConfig.dtype = 'float32'",
-          f"ModelConfig.scan_unroll = {shape.n_layers}"]  # the whole stack unrolled, as quickstart.gin runs on CPU
-  cfg = configs.parse_and_build([], base + list(bindings)).model
+  cfg = _shape_config(shape, bindings)
   compiled, state, batches, lr, _ = benchmark.compiled_train_step(cfg, seq_len=shape.seq, batch_size=shape.batch,
                                                                   num_batches=2)
   holder = {"state": state, "i": 0}
@@ -93,10 +98,24 @@ def _pytorch(shape: Shape):
                 f"({model.config._attn_implementation} attention)")  # pylint: disable=protected-access
 
 
+CEILING_N = 2048
+
+
+def _ceiling():
+  """One square CEILING_N float32 matmul under XLA:CPU: the step of the `ceiling` worker."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((CEILING_N, CEILING_N), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  return lambda: f(a).block_until_ready(), f"a {CEILING_N}^3 float32 matmul on jax {jax.__version__}"
+
+
 def _worker(kind: str, shape: Shape, bindings, conn) -> None:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   try:
-    step, description = _ours(shape, bindings) if kind == "ours" else _pytorch(shape)
+    step, description = {"ours": lambda: _ours(shape, bindings), "pytorch": lambda: _pytorch(shape),
+                         "ceiling": _ceiling}[kind]()
   except Exception as e:  # the driver reports it instead of waiting
     conn.send(RuntimeError(f"{kind} worker: {type(e).__name__}: {e}"))
     raise
@@ -159,16 +178,30 @@ class _CommandWorker:
 
 
 def _start(kind: str, shape: Shape, bindings, maxtext_python: str):
-  if kind != "maxtext":
+  if not kind.startswith("maxtext"):
     return _ProcessWorker(kind, shape, bindings)
   worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "maxtext_worker.py")
   return _CommandWorker([maxtext_python, worker, json.dumps(dataclasses.asdict(shape)),
-                         "scan" if FLAGS.maxtext_scan_layers else "unrolled"])
+                         "unrolled" if kind == "maxtext_unrolled" else "scan"])
+
+
+def _shape_config(shape: Shape, bindings=()):
+  """Our ModelConfig of `shape`: dense attention, float32, the layer stack unrolled."""
+  from gpt3_jax import configs
+  base = [f"ModelConfig.n_layers = {shape.n_layers}", f"ModelConfig.d_model = {shape.d_model}",
+          f"ModelConfig.n_heads = {shape.n_heads}", f"ModelConfig.d_head = {shape.d_model // shape.n_heads}",
+          f"ModelConfig.vocab_size = {shape.vocab}", f"ModelConfig.n_ctx = {shape.seq}",
+          "ModelConfig.attention_pattern = 'dense'", "ModelConfig.dtype = 'float32'",
+          f"ModelConfig.scan_unroll = {shape.n_layers}"]  # the whole stack unrolled, as quickstart.gin runs on CPU
+  return configs.parse_and_build([], base + list(bindings)).model
 
 
 def compare(name: str, shape: Shape, *, steps: int, rounds: int, pause_s: float, bindings=(),
-            peers=("pytorch",), maxtext_python: str = "") -> dict:
-  kinds = ("ours",) + tuple(peers)
+            peers=("pytorch",), maxtext_python: str = "", ceiling: bool = True) -> dict:
+  """Median step seconds of ours and each peer, interleaved; with `ceiling`, each one's model FLOP/s as a fraction
+  of the matmul ceiling timed in the same rotation (the median over rounds of each block's best matmul)."""
+  from gpt3_jax.model.config import flops_per_token
+  kinds = ("ours",) + tuple(peers) + (("ceiling",) if ceiling else ())
   workers = {}
   try:
     for kind in kinds:  # built one after the other: compilation never overlaps another's build
@@ -177,18 +210,25 @@ def compare(name: str, shape: Shape, *, steps: int, rounds: int, pause_s: float,
     for r in range(rounds + 1):  # round 0 warms up (allocator, caches, first-run dispatch)
       for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:  # rotate who goes first
         time.sleep(pause_s)
-        block = workers[kind].run(steps)
+        block = workers[kind].run(max(steps, 5) if kind == "ceiling" else steps)
         if r:
-          times[kind] += block
+          times[kind].append(min(block)) if kind == "ceiling" else times[kind].extend(block)
   finally:
     for worker in workers.values():
       worker.close()
+  matmuls = times.pop("ceiling", None)
   medians = {kind: statistics.median(t) for kind, t in times.items()}
   tokens = shape.batch * shape.seq
-  return {"shape": name, "ms": {k: 1e3 * m for k, m in medians.items()},
-          "tokens_s": {k: tokens / m for k, m in medians.items()},
-          "speedup": {k: medians[k] / medians["ours"] for k in peers}, "steps_each": len(times["ours"]),
-          "description": {k: w.description for k, w in workers.items()}}
+  flops = tokens * flops_per_token(_shape_config(shape, bindings), shape.seq)
+  row = {"shape": name, "ms": {k: 1e3 * m for k, m in medians.items()},
+         "tokens_s": {k: tokens / m for k, m in medians.items()},
+         "speedup": {k: medians[k] / medians["ours"] for k in peers}, "steps_each": len(times["ours"]),
+         "description": {k: w.description for k, w in workers.items()},
+         "model_tflops_s": {k: flops / m / 1e12 for k, m in medians.items()}}
+  if matmuls:  # each block's fastest matmul
+    row["ceiling_tflops_s"] = 2 * CEILING_N ** 3 / statistics.median(matmuls) / 1e12
+    row["of_ceiling"] = {k: v / row["ceiling_tflops_s"] for k, v in row["model_tflops_s"].items()}
+  return row
 
 
 def main(argv):
@@ -196,27 +236,35 @@ def main(argv):
   unknown = [s for s in FLAGS.shapes if s not in SHAPES]
   if unknown:
     raise app.UsageError(f"--shapes: unknown {unknown}; choose from {sorted(SHAPES)}")
-  if bad := [p for p in FLAGS.peers if p not in ("pytorch", "maxtext")]:
-    raise app.UsageError(f"--peers: unknown {bad}; choose from pytorch, maxtext")
-  if "maxtext" in FLAGS.peers and not os.access(FLAGS.maxtext_python, os.X_OK):
+  if bad := [p for p in FLAGS.peers if p not in PEERS]:
+    raise app.UsageError(f"--peers: unknown {bad}; choose from {', '.join(PEERS)}")
+  if any(p.startswith("maxtext") for p in FLAGS.peers) and not os.access(FLAGS.maxtext_python, os.X_OK):
     raise app.UsageError(f"--maxtext_python={FLAGS.maxtext_python!r} is not an executable Python; give one with "
                          "MaxText installed, e.g. --maxtext_python=/tmp/mtvenv/bin/python (see maxtext_worker.py)")
   rows = [compare(s, SHAPES[s], steps=FLAGS.block_steps, rounds=FLAGS.rounds, pause_s=FLAGS.pause_s,
-                  bindings=FLAGS.gin_bindings, peers=FLAGS.peers, maxtext_python=FLAGS.maxtext_python)
+                  bindings=FLAGS.gin_bindings, peers=FLAGS.peers, maxtext_python=FLAGS.maxtext_python,
+                  ceiling=FLAGS.ceiling)
           for s in FLAGS.shapes]
-  names = {"ours": "ours", "pytorch": "PyTorch", "maxtext": "MaxText"}
-  print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs; "
+  names = {"ours": "ours", "ceiling": "ceiling", **PEERS}
+  from gpt3_jax.parallel.hardware import cpu_model
+  print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({cpu_model()}); "
         + "; ".join(f"{names[k]}: {d}" for k, d in rows[0]["description"].items()))
   kinds = ["ours"] + FLAGS.peers
-  print(f"{'shape':>10} " + " ".join(f"{names[k] + ' ms':>11}" for k in kinds) + " "
-        + " ".join(f"{names[k] + ' tok/s':>14}" for k in kinds) + " "
-        + " ".join(f"{'vs ' + names[k]:>11}" for k in FLAGS.peers))
+  columns = ([(f"{names[k]} ms", "ms", k, "11.1f") for k in kinds]
+             + [(f"{names[k]} tok/s", "tokens_s", k, "14.0f") for k in kinds]
+             + [(f"vs {names[k]}", "speedup", k, "10.2f") for k in FLAGS.peers])
+  if FLAGS.ceiling:
+    columns += [(f"{names[k]} of ceiling", "of_ceiling", k, "10.3f") for k in kinds]
+  width = [max(len(title), 11) for title, *_ in columns]
+  print(f"{'shape':>10} " + " ".join(f"{title:>{w}}" for (title, *_), w in zip(columns, width))
+        + (f" {'ceiling TFLOP/s':>15}" if FLAGS.ceiling else ""))
   for r in rows:
-    print(f"{r['shape']:>10} " + " ".join(f"{r['ms'][k]:11.1f}" for k in kinds) + " "
-          + " ".join(f"{r['tokens_s'][k]:14.0f}" for k in kinds) + " "
-          + " ".join(f"{r['speedup'][k]:10.2f}x" for k in FLAGS.peers))
+    print(f"{r['shape']:>10} " + " ".join(f"{format(r[key][k], fmt):>{w}}{'x' if key == 'speedup' else ''}"
+                                          for (_, key, k, fmt), w in zip(columns, width))
+          + (f" {r['ceiling_tflops_s']:15.3f}" if FLAGS.ceiling else ""))
   print(f"(median of {rows[0]['steps_each']} steps each, interleaved in blocks of {FLAGS.block_steps}; vs X = "
-        f"X's step time / ours)")
+        f"X's step time / ours; of ceiling = model FLOP/s (PaLM formula) / the {CEILING_N}^3 float32 matmul's "
+        "FLOP/s, its best of each block, median over rounds)")
 
 
 if __name__ == "__main__":
