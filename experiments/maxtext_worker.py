@@ -10,8 +10,8 @@ The step is MaxText's: pyconfig from its base.yml, `train_utils.setup_train_loop
 axis rules set). The model is its `gpt3` decoder block (pre-LayerNorm, GELU MLP, learned positions, tied
 embedding: GPT-2's layout) at the shape's sizes, float32 weights and activations, dot-product attention, no dropout,
 remat_policy minimal_with_context (the fastest MaxText offers: it saves every projection's output, so
-only elementwise work is recomputed), its Adam with weight decay 0.1 and clip 1.0. `--scan_layers` picks its layer scan (its default)
-or an unrolled stack; peer_benchmark.py times both and keeps the faster.
+only elementwise work is recomputed), its Adam with weight decay 0.1 and clip 1.0. argv[2] picks its layer scan
+("scan", its default) or an unrolled stack ("unrolled"): peer_benchmark.py's peers `maxtext` and `maxtext_unrolled`.
 
 Protocol: argv[1] is the shape's JSON; one JSON line goes to the real stdout with a description once the step is
 compiled, then each integer line read from stdin runs that many steps and answers with a JSON list of their seconds;
