@@ -23,7 +23,7 @@ venv: $(VENV)/.stamp-base
 test-venv: $(VENV)/.stamp-test
 
 quickstart: venv
-	$(PY) -m gpt3_jax.main --gin_file=gin_configs/experiments/quickstart.gin --workdir=$(WORKDIR)
+	$(PY) -m gpt3_jax.main --gin_file=gin_configs/experiments/quickstart.gin --workdir=$(WORKDIR) --cpu_devices=auto
 
 test: test-venv
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests

@@ -55,15 +55,19 @@ PEERS = {"pytorch": "PyTorch", "maxtext": "MaxText", "maxtext_unrolled": "MaxTex
 flags.DEFINE_list("peers", ["pytorch"], "Whom to time against: pytorch, maxtext (its layers scanned, its default), "
                   "maxtext_unrolled (both need --maxtext_python).")
 flags.DEFINE_string("maxtext_python", "", "A Python with MaxText installed, for the maxtext peers (maxtext_worker.py).")
+flags.DEFINE_string("cpu_devices", "1", "Ours on this many XLA:CPU devices, a data-parallel mesh in one process, "
+                    "as `python -m gpt3_jax.main --cpu_devices` runs it ('auto': one per core that divides the batch).")
 flags.DEFINE_bool("ceiling", True, "Time a square 2048 float32 matmul in the same rotation and report each "
                   "framework's model FLOP/s as a fraction of it.")
 FLAGS = flags.FLAGS
 
 
-def _ours(shape: Shape, bindings):
+def _ours(shape: Shape, bindings, cpu_devices: str):
   """One step of our jitted train step (experiments/benchmark.py's), blocking until it is done."""
+  from gpt3_jax.parallel import cpu_devices as cpu_devices_lib
   from gpt3_jax.parallel import host_memory
   host_memory.retain_freed_memory()  # as `python -m gpt3_jax.main` does, before JAX starts its threads
+  cpu_devices_lib.request(cpu_devices, batch=shape.batch)  # before JAX's CPU backend starts, as main does
   import jax
   cfg = _shape_config(shape, bindings)
   compiled, state, batches, lr, _ = benchmark.compiled_train_step(cfg, seq_len=shape.seq, batch_size=shape.batch,
@@ -75,7 +79,8 @@ def _ours(shape: Shape, bindings):
     holder["i"] += 1
     jax.block_until_ready((holder["state"], metrics))
 
-  return step, f"jax {jax.__version__} ({cfg.attention_impl} attention, scan_layers={cfg.scan_layers})"
+  return step, (f"jax {jax.__version__} ({cfg.attention_impl} attention, scan_layers={cfg.scan_layers}, "
+                f"{jax.device_count()} {jax.default_backend()} devices)")
 
 
 def _pytorch(shape: Shape):
@@ -111,10 +116,10 @@ def _ceiling():
   return lambda: f(a).block_until_ready(), f"a {CEILING_N}^3 float32 matmul on jax {jax.__version__}"
 
 
-def _worker(kind: str, shape: Shape, bindings, conn) -> None:
+def _worker(kind: str, shape: Shape, bindings, conn, cpu_devices: str = "1") -> None:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   try:
-    step, description = {"ours": lambda: _ours(shape, bindings), "pytorch": lambda: _pytorch(shape),
+    step, description = {"ours": lambda: _ours(shape, bindings, cpu_devices), "pytorch": lambda: _pytorch(shape),
                          "ceiling": _ceiling}[kind]()
   except Exception as e:  # the driver reports it instead of waiting
     conn.send(RuntimeError(f"{kind} worker: {type(e).__name__}: {e}"))
@@ -132,10 +137,10 @@ def _worker(kind: str, shape: Shape, bindings, conn) -> None:
 class _ProcessWorker:
   """A worker in a spawned process of this Python (ours, PyTorch), spoken to through a Pipe."""
 
-  def __init__(self, kind: str, shape: Shape, bindings):
+  def __init__(self, kind: str, shape: Shape, bindings, cpu_devices: str = "1"):
     parent, child = mp.get_context("spawn").Pipe()
-    self.process = mp.get_context("spawn").Process(target=_worker, args=(kind, shape, list(bindings), child),
-                                                   daemon=True)
+    self.process = mp.get_context("spawn").Process(
+        target=_worker, args=(kind, shape, list(bindings), child, cpu_devices), daemon=True)
     self.process.start()
     child.close()  # the worker holds the only other end: its death ends recv() with EOFError
     self.conn = parent
@@ -179,7 +184,7 @@ class _CommandWorker:
 
 def _start(kind: str, shape: Shape, bindings, maxtext_python: str):
   if not kind.startswith("maxtext"):
-    return _ProcessWorker(kind, shape, bindings)
+    return _ProcessWorker(kind, shape, bindings, FLAGS.cpu_devices if kind == "ours" else "1")
   worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "maxtext_worker.py")
   return _CommandWorker([maxtext_python, worker, json.dumps(dataclasses.asdict(shape)),
                          "unrolled" if kind == "maxtext_unrolled" else "scan"])

@@ -49,6 +49,11 @@ flags.DEFINE_bool("compilation_cache", True, "Keep compiled steps in JAX's persi
                   "second start of the same experiment skips compilation (gpt3_jax/parallel/compile_cache.py).")
 flags.DEFINE_string("compilation_cache_dir", None, "Where the compilation cache lives (default: "
                     "$GPT3_JAX_COMPILATION_CACHE_DIR or ~/.cache/gpt3_jax/jax_compilation_cache).")
+flags.DEFINE_string("cpu_devices", "1", "train / finetune on a CPU: split the CPU into this many XLA devices, a "
+                    "data-parallel mesh inside one process, or 'auto': one per core, as many as divide the "
+                    "(micro)batch. XLA:CPU runs a batched matmul on one core; one device per core runs the "
+                    "attention's small products in parallel (gpt3_jax/parallel/cpu_devices.py). No effect on "
+                    "GPU / TPU.")
 flags.DEFINE_string("prompt", None, "sample / score: one text.")
 flags.DEFINE_string("prompt_file", None, "sample / score: a file with one text per line.")
 flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens to generate per prompt.")
@@ -133,17 +138,32 @@ def _initialize_distributed() -> None:
     logging.info("distributed (%s): process %d of %d", info.mode, info.process_id, info.num_processes)
 
 
+def _request_cpu_devices(bundle) -> None:
+  """--cpu_devices for the training modes, before JAX's CPU backend starts (other modes keep one device)."""
+  from gpt3_jax.parallel import cpu_devices
+  if FLAGS.cpu_devices == "1":
+    return  # XLA's own default, or what XLA_FLAGS asks for
+  if FLAGS.mode not in ("train", "finetune"):
+    raise UserError(f"--cpu_devices applies to --mode=train and --mode=finetune, not --mode={FLAGS.mode}; drop it")
+  micro = bundle.train.global_batch_size // max(bundle.train.num_microbatches, 1)
+  count = cpu_devices.request(FLAGS.cpu_devices, batch=micro)
+  if count > 1:
+    logging.info("--cpu_devices: XLA:CPU runs as %d devices", count)
+
+
 def run(argv: Sequence[str]) -> None:
   """Dispatches to the mode's module; argv[1:] are the `--gin.NAME=VALUE` bindings."""
   if FLAGS.verbosity < 1:
     logging.get_absl_handler().addFilter(_QuietLibraries())
+  from gpt3_jax import configs  # imports jax: keep flag errors fast
+
+  # Parsing starts no JAX backend, so the CPU device count can still follow the configured batch.
+  bundle = configs.parse_and_build(FLAGS.gin_file, list(FLAGS.gin_bindings) + list(argv[1:]))
+  _request_cpu_devices(bundle)
   _initialize_distributed()
   if FLAGS.compilation_cache and FLAGS.mode != "plan":
     from gpt3_jax.parallel import compile_cache
     compile_cache.enable(FLAGS.compilation_cache_dir)
-  from gpt3_jax import configs  # imports jax: keep flag errors fast
-
-  bundle = configs.parse_and_build(FLAGS.gin_file, list(FLAGS.gin_bindings) + list(argv[1:]))
   if FLAGS.mode == "plan":
     from gpt3_jax.modes import plan
     return plan.run(bundle, FLAGS)

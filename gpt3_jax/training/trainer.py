@@ -237,6 +237,8 @@ def train(model_cfg: ModelConfig, data_cfg: corpus_lib.DataConfig, opt_cfg: opti
       run.window = Throughput(int(run.state.step))
       if run.primary:
         logging.info("model: %s", run.asm.model)
+        logging.info("mesh %s over %d %s devices", dict(run.asm.mesh.shape), run.asm.mesh.size,
+                     run.asm.mesh.devices.flat[0].platform)
         logging.info("%.3g FLOPs/token; peak %.3g FLOP/s; batch stages %s", run.flops_token, run.peak_total,
                      run.ramp.stages)
       preempted = _loop(run, hooks, watcher)
