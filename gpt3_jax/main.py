@@ -50,10 +50,10 @@ flags.DEFINE_bool("compilation_cache", True, "Keep compiled steps in JAX's persi
 flags.DEFINE_string("compilation_cache_dir", None, "Where the compilation cache lives (default: "
                     "$GPT3_JAX_COMPILATION_CACHE_DIR or ~/.cache/gpt3_jax/jax_compilation_cache).")
 flags.DEFINE_string("cpu_devices", "1", "train / finetune on a CPU: split the CPU into this many XLA devices, a "
-                    "data-parallel mesh inside one process, or 'auto': one per core, as many as divide the "
-                    "(micro)batch. XLA:CPU runs a batched matmul on one core; one device per core runs the "
-                    "attention's small products in parallel (gpt3_jax/parallel/cpu_devices.py). No effect on "
-                    "GPU / TPU.")
+                    "data-parallel mesh inside one process, or 'auto': one per core, as many as fill "
+                    "MeshConfig.shape with a data-parallel size dividing the (micro)batch. XLA:CPU runs a batched matmul on one core; one device per core runs the "
+                    "attention's small products in parallel (gpt3_jax/parallel/cpu_devices.py). A GPU / TPU run's "
+                    "devices stay the accelerators.")
 flags.DEFINE_string("prompt", None, "sample / score: one text.")
 flags.DEFINE_string("prompt_file", None, "sample / score: a file with one text per line.")
 flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens to generate per prompt.")
@@ -129,7 +129,8 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def _initialize_distributed() -> None:
-  from gpt3_jax.parallel import distributed  # before any other JAX call: flags, then init, then configs
+  # Before any JAX computation: flags, then the gin configs (parsing starts no backend), --cpu_devices, then this.
+  from gpt3_jax.parallel import distributed
   info = distributed.initialize(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
       [int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids else None,
@@ -146,7 +147,7 @@ def _request_cpu_devices(bundle) -> None:
   if FLAGS.mode not in ("train", "finetune"):
     raise UserError(f"--cpu_devices applies to --mode=train and --mode=finetune, not --mode={FLAGS.mode}; drop it")
   micro = bundle.train.global_batch_size // max(bundle.train.num_microbatches, 1)
-  count = cpu_devices.request(FLAGS.cpu_devices, batch=micro)
+  count = cpu_devices.request(FLAGS.cpu_devices, batch=micro, mesh_shape=bundle.mesh.shape)
   if count > 1:
     logging.info("--cpu_devices: XLA:CPU runs as %d devices", count)
 

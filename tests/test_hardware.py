@@ -12,6 +12,9 @@ def test_cpu_model_reads_the_model_name_line(tmp_path):
   assert hardware.cpu_model(str(cpuinfo)) == "AMD EPYC 7B13"
 
 
-def test_cpu_model_without_cpuinfo_falls_back_to_platform(tmp_path):
-  assert hardware.cpu_model(str(tmp_path / "missing")) == (platform.processor() or platform.machine())
-  assert hardware.cpu_model(str(tmp_path / "missing"))
+def test_cpu_model_without_cpuinfo_falls_back_to_platform(tmp_path, monkeypatch):
+  monkeypatch.setattr(platform, "processor", lambda: "Apple M3")
+  monkeypatch.setattr(platform, "machine", lambda: "arm64")
+  assert hardware.cpu_model(str(tmp_path / "missing")) == "Apple M3"
+  monkeypatch.setattr(platform, "processor", lambda: "")
+  assert hardware.cpu_model(str(tmp_path / "missing")) == "arm64"

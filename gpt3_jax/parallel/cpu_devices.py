@@ -9,19 +9,22 @@ optimizer state per device and all-reduces the gradients between them in memory.
 that machine (README's Benchmarks, peer_benchmark.py --cpu_devices=2): tiny.gin's shape went from 0.95-0.97x to
 1.04x, the quickstart's from 1.24-1.27x to 1.34x, GPT-2 124M's from 1.06x to 1.12x; the 0.8M shape stayed at 1.4x.
 
-The count must reach XLA before JAX starts its CPU backend (the first computation), so `main` applies it first.
-It changes nothing on a GPU or TPU run, whose devices are the accelerators. The global batch must be a multiple of
-the device count, as on any data-parallel mesh (a one-line error says so otherwise).
+The count must reach XLA before JAX starts its CPU backend (the first computation), so `main` applies it before
+anything else runs. It does not change a GPU or TPU run's devices, which are the accelerators. The global batch
+must be a multiple of the data-parallel size, as on any mesh ('auto' picks a count for which it is). A batch
+ramp's stages stop halving where the data-parallel size no longer divides them, so a ramped run resumes only with
+the device count it started with. With several processes, each gets the count.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import MutableMapping, Optional
+from typing import MutableMapping, Optional, Sequence
 
 FLAG = "--xla_force_host_platform_device_count"
 _SET = re.compile(re.escape(FLAG) + r"=(\d+)")
+_JAX_ENV = "JAX_NUM_CPU_DEVICES"  # jax's own setting: it takes precedence over the XLA flag
 
 
 def cores() -> int:
@@ -32,12 +35,21 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def parse(value: str, batch: Optional[int] = None) -> int:
+def _fits(count: int, batch: Optional[int], mesh_shape: Sequence[int]) -> bool:
+  """Whether `count` devices fill `mesh_shape` (one -1 allowed) with a data-parallel size dividing `batch`."""
+  from gpt3_jax.parallel import mesh as mesh_lib  # imports jax; starts no backend
+  try:
+    data, fsdp, _ = mesh_lib.resolve_mesh_shape(mesh_shape, count)
+  except ValueError:
+    return False
+  return not batch or batch % (data * fsdp) == 0
+
+
+def parse(value: str, batch: Optional[int] = None, mesh_shape: Sequence[int] = (-1, 1, 1)) -> int:
   """'auto' or a positive integer -> the device count; anything else is a one-line error. 'auto' is one device per
-  core, or the most that divide `batch` (each device takes an equal share of every batch)."""
+  core, or the most that fill `mesh_shape` with a data-parallel size dividing `batch`."""
   if value == "auto":
-    n = cores()
-    return max(d for d in range(1, n + 1) if not batch or batch % d == 0)
+    return max([d for d in range(1, cores() + 1) if _fits(d, batch, mesh_shape)], default=1)
   try:
     count = int(value)
   except ValueError:
@@ -48,17 +60,23 @@ def parse(value: str, batch: Optional[int] = None) -> int:
   return count
 
 
-def request(value: str, batch: Optional[int] = None, environ: Optional[MutableMapping[str, str]] = None) -> int:
+def request(value: str, batch: Optional[int] = None, mesh_shape: Sequence[int] = (-1, 1, 1),
+            environ: Optional[MutableMapping[str, str]] = None) -> int:
   """Asks XLA:CPU for `value` devices ('auto' or a count, see `parse`) through XLA_FLAGS, before JAX's backend
-  starts; returns the count. An XLA_FLAGS that already sets a different count (say the mesh tests' 8 forced
-  devices) is a conflict and a one-line error."""
+  starts; returns the count in effect. '1' (the default) changes nothing: XLA's own single device, or whatever
+  XLA_FLAGS / JAX_NUM_CPU_DEVICES already ask for (the mesh tests' 8 forced devices). Any other count that differs
+  from one of those is a conflict and a one-line error."""
   environ = os.environ if environ is None else environ
-  count = parse(value, batch)
   flags = environ.get("XLA_FLAGS", "")
-  if match := _SET.search(flags):
-    if int(match.group(1)) != count:
-      raise ValueError(f"--cpu_devices={value} ({count}) conflicts with XLA_FLAGS' {match.group(0)}; set one of them")
-    return count
-  if count > 1:
+  existing = {f"XLA_FLAGS' {FLAG}": int(found[-1]) for found in [_SET.findall(flags)] if found}
+  if environ.get(_JAX_ENV):
+    existing[_JAX_ENV] = int(environ[_JAX_ENV])
+  if value == "1":
+    return next(iter(existing.values()), 1)
+  count = parse(value, batch, mesh_shape)
+  for name, n in existing.items():
+    if n != count:
+      raise ValueError(f"--cpu_devices={value} ({count}) conflicts with {name}={n}; set one of them")
+  if count > 1 and not existing:
     environ["XLA_FLAGS"] = f"{flags} {FLAG}={count}".strip()
   return count
