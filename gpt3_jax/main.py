@@ -51,9 +51,9 @@ flags.DEFINE_string("compilation_cache_dir", None, "Where the compilation cache 
                     "$GPT3_JAX_COMPILATION_CACHE_DIR or ~/.cache/gpt3_jax/jax_compilation_cache).")
 flags.DEFINE_string("cpu_devices", "1", "train / finetune on a CPU: split the CPU into this many XLA devices, a "
                     "data-parallel mesh inside one process, or 'auto': one per core, as many as fill "
-                    "MeshConfig.shape with a data-parallel size dividing the (micro)batch. XLA:CPU runs a batched matmul on one core; one device per core runs the "
-                    "attention's small products in parallel (gpt3_jax/parallel/cpu_devices.py). A GPU / TPU run's "
-                    "devices stay the accelerators.")
+                    "MeshConfig.shape with a data-parallel size dividing the (micro)batch. XLA:CPU runs a batched "
+                    "matmul on one core; one device per core runs the attention's small products in parallel "
+                    "(gpt3_jax/parallel/cpu_devices.py). A GPU / TPU run's devices stay the accelerators.")
 flags.DEFINE_string("prompt", None, "sample / score: one text.")
 flags.DEFINE_string("prompt_file", None, "sample / score: a file with one text per line.")
 flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens to generate per prompt.")

@@ -171,8 +171,8 @@ def test_cpu_devices_trains_data_parallel_over_the_cores_to_the_same_losses(tiny
   for devices in ("1", "2"):
     result = _main(base + [f"--cpu_devices={devices}", f"--workdir={tmp_path / devices}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    runs[devices] = (result.stderr, [row["loss"] for row in map(json.loads, open(tmp_path / devices / "metrics.jsonl"))
-                                     if row["split"] == "train"])
+    rows = map(json.loads, open(tmp_path / devices / "metrics.jsonl"))
+    runs[devices] = (result.stderr, [row["loss"] for row in rows if row["split"] == "train"])
   assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1} over 2 cpu devices" in runs["2"][0]
   assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 1} over 1 cpu devices" in runs["1"][0]
   assert len(runs["2"][1]) == 3
