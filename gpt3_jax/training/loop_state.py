@@ -31,7 +31,11 @@ class LoopState:
 
 
 class Throughput:
-  """Tokens between two logged steps over the wall time in between, compilation and evaluation excluded."""
+  """Tokens between two logged steps over the wall time in between, compilation and evaluation excluded.
+
+  A step's metrics are read after the next step is dispatched, so a window ends when the host sees its last step
+  done. A host thread that wakes late (a busy CPU) moves compute into the window before; two neighbouring windows
+  still add up, and so does any window of several steps (log_every > 1)."""
 
   def __init__(self, step: int):
     self.reset(step)
