@@ -124,8 +124,8 @@ def main(argv):
       print(f"round {r}: " + ", ".join(f"{k} {v[-1]['wall_s']:.1f} s" for k, v in runs.items() if v), flush=True)
     median = {k: {f: statistics.median(run[f] for run in v) for f in ("wall_s", "step_s")}
               for k, v in runs.items() if v}
-    from gpt3_jax.parallel.hardware import cpu_model
-    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({cpu_model()}), {FLAGS.steps} steps of {BATCH} x {SEQ} tokens, "
+    from gpt3_jax.parallel.hardware import host_line
+    print(f"{host_line()}, {FLAGS.steps} steps of {BATCH} x {SEQ} tokens, "
           f"validation every {FLAGS.eval_every} on {FLAGS.eval_batches} batches, {FLAGS.rounds} rounds (median)")
     print(f"{'run':>18} {'wall s':>8} {'step ms':>8} {'last val loss':>14}")
     for k, v in runs.items():

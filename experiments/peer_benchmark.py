@@ -213,8 +213,10 @@ def compare(name: str, shape: Shape, *, steps: int, rounds: int, pause_s: float,
       for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:  # rotate who goes first
         time.sleep(pause_s)
         block = workers[kind].run(max(steps, 5) if kind == "ceiling" else steps)
-        if r:
-          times[kind].append(min(block)) if kind == "ceiling" else times[kind].extend(block)
+        if r and kind == "ceiling":
+          times[kind].append(min(block))  # the block's fastest matmul
+        elif r:
+          times[kind].extend(block)
   finally:
     for worker in workers.values():
       worker.close()
@@ -248,8 +250,8 @@ def main(argv):
                   ceiling=FLAGS.ceiling)
           for s in FLAGS.shapes]
   names = {"ours": "ours", "ceiling": "ceiling", **PEERS}
-  from gpt3_jax.parallel.hardware import cpu_model
-  print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({cpu_model()}); "
+  from gpt3_jax.parallel.hardware import host_line
+  print(f"{host_line()}; "
         + "; ".join(f"{names[k]}: {d}" for k, d in rows[0]["description"].items()))
   kinds = ["ours"] + FLAGS.peers
   columns = ([(f"{names[k]} ms", "ms", k, "11.1f") for k in kinds]

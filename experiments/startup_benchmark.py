@@ -69,9 +69,8 @@ def main(argv):
       results["no cache"].append(_run(base + [f"--workdir={scratch}/none{r}", "--nocompilation_cache"], env))
       results["empty cache"].append(_run(base + [f"--workdir={scratch}/empty{r}"], cached))
       results["filled cache"].append(_run(base + [f"--workdir={scratch}/filled{r}"], cached))
-    from gpt3_jax.parallel.hardware import cpu_model
-    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({cpu_model()}), {FLAGS.steps} steps, {FLAGS.repeats} repeats "
-          f"(median)")
+    from gpt3_jax.parallel.hardware import host_line
+    print(f"{host_line()}, {FLAGS.steps} steps, {FLAGS.repeats} repeats (median)")
     print(f"{'run':>13} {'wall s':>8} {'train step compile s':>21}")
     for name, runs in results.items():
       print(f"{name:>13} {statistics.median(w for w, _ in runs):8.1f} {statistics.median(c for _, c in runs):21.1f}")

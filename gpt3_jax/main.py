@@ -146,7 +146,7 @@ def _request_cpu_devices(bundle) -> None:
     return  # XLA's own default, or what XLA_FLAGS asks for
   if FLAGS.mode not in ("train", "finetune"):
     raise UserError(f"--cpu_devices applies to --mode=train and --mode=finetune, not --mode={FLAGS.mode}; drop it")
-  micro = bundle.train.global_batch_size // max(bundle.train.num_microbatches, 1)
+  micro = bundle.train.global_batch_size // bundle.train.num_microbatches
   count = cpu_devices.request(FLAGS.cpu_devices, batch=micro, mesh_shape=bundle.mesh.shape)
   if count > 1:
     logging.info("--cpu_devices: XLA:CPU runs as %d devices", count)

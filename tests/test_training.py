@@ -181,8 +181,9 @@ def test_cpu_devices_trains_data_parallel_over_the_cores_to_the_same_losses(tiny
   _one_line_error(_main(base + ["--cpu_devices=0", f"--workdir={tmp_path / 'zero'}"]), "--cpu_devices='0' must be")
   _one_line_error(_main(base + ["--cpu_devices=2", "--mode=sample", "--prompt=x", f"--workdir={tmp_path / '2'}"]),
                   "--cpu_devices applies to --mode=train")
-  _one_line_error(_main(base + ["--cpu_devices=2", f"--workdir={tmp_path / 'both'}"],
-                        env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}), "conflicts with XLA_FLAGS")
+  forced_4 = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  _one_line_error(_main(base + ["--cpu_devices=2", f"--workdir={tmp_path / 'both'}"], env_extra=forced_4),
+                  "conflicts with XLA_FLAGS")
   assert not (tmp_path / "zero").exists() and not (tmp_path / "both").exists()
 
 

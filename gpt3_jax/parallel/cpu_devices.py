@@ -68,7 +68,9 @@ def request(value: str, batch: Optional[int] = None, mesh_shape: Sequence[int] =
   from one of those is a conflict and a one-line error."""
   environ = os.environ if environ is None else environ
   flags = environ.get("XLA_FLAGS", "")
-  existing = {f"XLA_FLAGS' {FLAG}": int(found[-1]) for found in [_SET.findall(flags)] if found}
+  existing = {}
+  if found := _SET.findall(flags):
+    existing[f"XLA_FLAGS' {FLAG}"] = int(found[-1])  # XLA takes the last occurrence
   if environ.get(_JAX_ENV):
     existing[_JAX_ENV] = int(environ[_JAX_ENV])
   if value == "1":

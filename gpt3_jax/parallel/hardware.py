@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import time
 from typing import Optional
@@ -62,6 +63,11 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def host_line() -> str:
+  """Today's date and this host's CPUs, e.g. '2026-12-06, 2 CPUs (AMD EPYC)': a benchmark report's first words."""
+  return f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({cpu_model()})"
 
 
 def square_matmul(n: int = 2048, dtype=jnp.float32):
